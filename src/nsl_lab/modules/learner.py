@@ -1,0 +1,128 @@
+"""The LightningModule that joins a backbone with a set of regularizers."""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable, Mapping
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from nsl_lab.batch import Batch
+from nsl_lab.modules.output import Output
+from nsl_lab.regularizers.base import Regularizer
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def as_output(result: Output | torch.Tensor) -> Output:
+    """Lets a plain module that returns logits serve as a backbone (its logits double as embedding)."""
+    if isinstance(result, Output):
+        return result
+    if isinstance(result, torch.Tensor):
+        return Output(result, result)
+    raise TypeError(f"a backbone must return logits or nsl_lab.Output, got {type(result).__name__}")
+
+
+def supervised_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labeled samples (``y >= 0``); 0 when none is labeled."""
+    labeled = y >= 0
+    if not bool(labeled.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[labeled], y[labeled])
+
+
+class StructuredLearner(pl.LightningModule):
+    r"""Trains a backbone with structured signals.
+
+    .. math::
+        \mathcal{L} = \mathrm{CE}(f(x_L), y_L) + \sum_r \mathcal{R}_r
+
+    where each regularizer :math:`\mathcal{R}_r` returns its own scaled term. Logs
+    ``train/supervised_loss``, ``train/<name>_loss`` per regularizer, ``train/loss``,
+    ``val/acc`` and ``test/acc``.
+
+    Args:
+        backbone: any module following the backbone contract (``embed``, ``head``,
+            ``forward(x) -> Output``); see :class:`nsl_lab.modules.FFN`.
+        regularizers: regularizers by name (a list works too); empty = plain supervised.
+        num_classes: number of classes, for the accuracy metrics.
+        optimizer: a factory ``params -> Optimizer`` (default Adam, lr 1e-3).
+        restore_best: keep the weights of the best validation epoch and test those.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        regularizers: Mapping[str, Regularizer] | Iterable[Regularizer] = (),
+        num_classes: int | None = None,
+        optimizer: OptimizerFactory | None = None,
+        restore_best: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        if not isinstance(regularizers, Mapping):
+            regularizers = {f"{r.name}_{i}" if i else r.name: r for i, r in enumerate(regularizers)}
+        self.regularizers = nn.ModuleDict(dict(regularizers))
+        num_classes = num_classes or getattr(backbone, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("num_classes is needed when the backbone has no num_classes attribute")
+        self.num_classes = int(num_classes)
+        self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        self.restore_best = restore_best
+        self.val_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
+        self.test_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
+        self.best_val_acc: float | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    def forward(self, batch: Batch) -> Output:
+        extra = {} if batch.lengths is None else {"lengths": batch.lengths}
+        return as_output(self.backbone(batch.x, **extra))
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        output = self(batch)
+        loss = supervised_loss(output.logits, batch.y)
+        size = max(int(batch.labeled.sum()), 1)
+        self.log("train/supervised_loss", loss.detach(), batch_size=size)
+        for regularizer in self.regularizers.values():
+            term, logs = regularizer(self, batch, output)
+            loss = loss + term
+            for key, value in logs.items():
+                self.log(f"train/{key}", value, batch_size=size)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.val_accuracy.update(self(batch).logits, batch.y)
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() synchronises across processes under DDP.
+        accuracy = float(self.val_accuracy.compute())
+        self.val_accuracy.reset()
+        if self.trainer.sanity_checking:
+            return
+        if self.best_val_acc is None or accuracy > self.best_val_acc:
+            self.best_val_acc = accuracy
+            if self.restore_best:
+                self._best_state = copy.deepcopy(self.backbone.state_dict())
+        self.log("val/acc", accuracy, prog_bar=True)
+        self.log("val/best_acc", self.best_val_acc)
+
+    def on_test_start(self) -> None:
+        if self.restore_best and self._best_state is not None:
+            self.backbone.load_state_dict(self._best_state)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.test_accuracy.update(self(batch).logits, batch.y)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/acc", float(self.test_accuracy.compute()))
+        self.test_accuracy.reset()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self(batch).logits.argmax(-1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())

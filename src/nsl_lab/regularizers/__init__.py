@@ -1,0 +1,6 @@
+from nsl_lab.regularizers.base import Regularizer
+from nsl_lab.regularizers.contrastive import NeighborContrastiveRegularizer
+from nsl_lab.regularizers.distances import pairwise_distance, reduce_weighted
+from nsl_lab.regularizers.graph import GraphRegularizer
+
+__all__ = ["GraphRegularizer", "NeighborContrastiveRegularizer", "Regularizer", "pairwise_distance", "reduce_weighted"]

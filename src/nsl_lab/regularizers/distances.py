@@ -1,0 +1,90 @@
+r"""Pairwise distances and reductions with Neural Structured Learning's semantics.
+
+For a sample output :math:`a` and a neighbour output :math:`b` (last dimension = features):
+
+=================  ==========================================================
+``l1``             :math:`\sum_k |a_k - b_k|`
+``l2``             :math:`\sum_k (a_k - b_k)^2` (squared, as NSL)
+``cosine``         :math:`1 - \frac{a \cdot b}{\|a\| \|b\|}`
+``kl``             :math:`\mathrm{KL}(p \,\|\, q) = \sum_k p_k (\log p_k - \log q_k)`
+``jensen_shannon`` :math:`\tfrac12 \mathrm{KL}(p\|m) + \tfrac12 \mathrm{KL}(q\|m)`, :math:`m = \tfrac12(p+q)`
+=================  ==========================================================
+
+``transform`` is applied to both sides first (``none``, ``softmax``, ``sigmoid``); ``kl``
+and ``jensen_shannon`` compare probability vectors, so they need ``softmax`` or
+``sigmoid`` (``softmax`` is computed in log space for stability).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nsl_lab.errors import ConfigError, check_choice
+
+DISTANCES = ("l1", "l2", "cosine", "kl", "jensen_shannon")
+TRANSFORMS = ("none", "softmax", "sigmoid")
+REDUCTIONS = ("sum_by_nonzero_weights", "mean_by_weight", "sum", "mean")
+_EPS = 1e-12
+
+
+def check_distance(distance: str, transform: str) -> None:
+    check_choice("distance", distance, DISTANCES)
+    check_choice("transform", transform, TRANSFORMS)
+    if distance in ("kl", "jensen_shannon") and transform == "none":
+        raise ConfigError(
+            f"distance={distance!r} compares probabilities; set transform='softmax' or 'sigmoid'"
+        )
+
+
+def _log_probs(x: torch.Tensor, transform: str) -> torch.Tensor:
+    if transform == "softmax":
+        return F.log_softmax(x, dim=-1)
+    return torch.log(torch.sigmoid(x).clamp_min(_EPS))
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def pairwise_distance(
+    a: torch.Tensor, b: torch.Tensor, distance: str = "l2", transform: str = "none"
+) -> torch.Tensor:
+    """Distance between ``a[..., :]`` and ``b[..., :]`` (broadcast), one value per pair."""
+    check_distance(distance, transform)
+    if distance in ("kl", "jensen_shannon"):
+        log_p, log_q = _log_probs(a, transform), _log_probs(b, transform)
+        if distance == "kl":
+            return _kl(log_p, log_q)
+        log_m = torch.log((0.5 * (log_p.exp() + log_q.exp())).clamp_min(_EPS))
+        return 0.5 * _kl(log_p, log_m) + 0.5 * _kl(log_q, log_m)
+    if transform == "softmax":
+        a, b = F.softmax(a, dim=-1), F.softmax(b, dim=-1)
+    elif transform == "sigmoid":
+        a, b = torch.sigmoid(a), torch.sigmoid(b)
+    if distance == "l1":
+        return (a - b).abs().sum(-1)
+    if distance == "l2":
+        return (a - b).pow(2).sum(-1)
+    return 1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+
+
+def reduce_weighted(values: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:
+    r"""Reduces per-pair ``values`` with ``weights`` (same shape); NSL's reductions.
+
+    ``sum_by_nonzero_weights`` (NSL default): :math:`\sum w d / \#\{w \neq 0\}`;
+    ``mean_by_weight``: :math:`\sum w d / \sum w`; ``sum``: :math:`\sum w d`;
+    ``mean``: :math:`\sum w d / \#\text{pairs}`. Pairs of weight 0 (padding) add nothing,
+    and an empty or all-zero set reduces to 0 rather than NaN.
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    # where() rather than multiply: a padded pair may hold inf/NaN and must not leak.
+    weighted = torch.where(weights != 0, weights * values, torch.zeros_like(values)).sum()
+    if reduction == "sum":
+        return weighted
+    if reduction == "mean":
+        denominator = torch.tensor(float(values.numel()), device=values.device)
+    elif reduction == "mean_by_weight":
+        denominator = weights.sum()
+    else:
+        denominator = (weights != 0).sum().to(values.dtype)
+    return torch.where(denominator > 0, weighted / denominator.clamp_min(_EPS), weighted * 0)

@@ -1,0 +1,147 @@
+"""Graph regularization: a sample's output should stay close to its graph neighbours'."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from nsl_lab.batch import Batch
+from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.graphs.neighbors import SAMPLING, NeighborGraph
+from nsl_lab.modules.output import Output
+from nsl_lab.regularizers.base import Regularizer
+from nsl_lab.regularizers.distances import REDUCTIONS, check_distance, pairwise_distance, reduce_weighted
+
+if TYPE_CHECKING:
+    from nsl_lab.modules.learner import StructuredLearner
+
+SEEDS = ("labeled", "all")
+COMPARE = ("logits", "hidden")
+
+
+def batch_positions(batch: Batch, graph: NeighborGraph) -> torch.Tensor:
+    """``position[node] = row of node in the batch``, ``-1`` for nodes outside it."""
+    position = torch.full((graph.num_nodes,), -1, dtype=torch.long, device=batch.index.device)
+    position[batch.index] = torch.arange(len(batch), device=batch.index.device)
+    return position
+
+
+class GraphRegularizer(Regularizer):
+    r"""Neural Structured Learning's graph regularization, plus Neural Graph Machines' seeds.
+
+    .. math::
+        \mathcal{L} = \mathcal{L}_\text{sup}
+        + \lambda \,\operatorname{reduce}_{(i,j)} \big(\alpha_{c(i,j)}\, w_{ij}\,
+          d(t(f(x_i)), t(f(x_j)))\big)
+
+    over pairs of a seed :math:`i` and up to ``max_neighbors`` neighbours :math:`j`
+    (top-k by edge weight or sampled uniformly each step), or over every edge of the graph
+    (``full_graph=True``). :math:`f` is the backbone's logits or penultimate embedding
+    (``compare``), :math:`t` the ``transform``, :math:`d` the ``distance`` and ``reduce``
+    one of NSL's reductions (default: weighted sum over the number of non-zero-weight
+    pairs, so padded neighbours of weight 0 count for nothing). Seeds are the labeled
+    samples (NSL) or all samples (``seeds="all"``, Neural Graph Machines), and
+    :math:`\alpha_{c(i,j)}` weighs the pair by whether both, one or neither end is
+    labeled (``labeled_labeled``, ``labeled_unlabeled``, ``unlabeled_unlabeled``).
+
+    Neighbour outputs come from the same forward pass: the batch must hold the neighbours
+    (a full-graph batch does); neighbours outside the batch are dropped (weight 0).
+
+    Args:
+        multiplier: :math:`\lambda`.
+        distance: ``l1``, ``l2`` (squared), ``cosine``, ``kl``, ``jensen_shannon``.
+        transform: ``none``, ``softmax`` or ``sigmoid``, applied to both outputs.
+        reduction: ``sum_by_nonzero_weights`` (NSL), ``mean_by_weight``, ``sum``, ``mean``.
+        max_neighbors: neighbours per seed (ignored by ``full_graph``).
+        neighbor_sampling: ``top_k`` (by weight, NSL) or ``uniform`` (resampled each step).
+        full_graph: use every edge each step instead of sampled neighbours.
+        seeds: ``labeled`` or ``all``.
+        compare: ``logits`` or ``hidden``.
+        labeled_labeled, labeled_unlabeled, unlabeled_unlabeled: :math:`\alpha` per pair type.
+    """
+
+    name = "graph"
+
+    def __init__(
+        self,
+        multiplier: float = 0.1,
+        distance: str = "l2",
+        transform: str = "none",
+        reduction: str = "sum_by_nonzero_weights",
+        max_neighbors: int = 2,
+        neighbor_sampling: str = "top_k",
+        full_graph: bool = False,
+        seeds: str = "labeled",
+        compare: str = "logits",
+        labeled_labeled: float = 1.0,
+        labeled_unlabeled: float = 1.0,
+        unlabeled_unlabeled: float = 1.0,
+    ) -> None:
+        super().__init__(multiplier)
+        check_distance(distance, transform)
+        check_choice("graph.reduction", reduction, REDUCTIONS)
+        check_choice("graph.neighbor_sampling", neighbor_sampling, SAMPLING)
+        check_choice("graph.seeds", seeds, SEEDS)
+        check_choice("graph.compare", compare, COMPARE)
+        if isinstance(max_neighbors, bool) or not isinstance(max_neighbors, int) or max_neighbors < 1:
+            raise ConfigError(f"graph.max_neighbors={max_neighbors!r} is not allowed; it must be an integer >= 1")
+        for pair_type, value in [
+            ("labeled_labeled", labeled_labeled),
+            ("labeled_unlabeled", labeled_unlabeled),
+            ("unlabeled_unlabeled", unlabeled_unlabeled),
+        ]:
+            check_range(f"graph.{pair_type}", value, 0.0)
+        self.distance, self.transform, self.reduction = distance, transform, reduction
+        self.max_neighbors, self.neighbor_sampling = max_neighbors, neighbor_sampling
+        self.full_graph, self.seeds, self.compare = bool(full_graph), seeds, compare
+        self.pair_weights = (float(unlabeled_unlabeled), float(labeled_unlabeled), float(labeled_labeled))
+
+    def pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rows_i, rows_j, weights)``: batch rows of each seed-neighbour pair and its weight."""
+        graph = batch.graph
+        if graph is None:
+            raise ConfigError(
+                "the graph regularizer needs a datamodule that provides a graph (batch.graph is None)"
+            )
+        position = batch_positions(batch, graph)
+        labeled = batch.labeled
+        if self.full_graph:
+            source, target, weight = graph.edges()
+            rows_i, rows_j = position[source], position[target]
+            keep = (rows_i >= 0) & (rows_j >= 0)
+            rows_i, rows_j, weight = rows_i[keep], rows_j[keep], weight[keep]
+            if self.seeds == "labeled":
+                weight = weight * labeled[rows_i]
+        else:
+            seed_rows = torch.arange(len(batch), device=labeled.device)
+            if self.seeds == "labeled":
+                seed_rows = seed_rows[labeled]
+            ids, weight = graph.neighbors(batch.index[seed_rows], self.max_neighbors, self.neighbor_sampling)
+            rows_j = torch.where(ids >= 0, position[ids.clamp_min(0)], -1)
+            weight = torch.where(rows_j >= 0, weight, torch.zeros_like(weight))
+            rows_i = seed_rows[:, None].expand_as(rows_j)
+            rows_j = rows_j.clamp_min(0)
+        pair_type = labeled[rows_i].long() + labeled[rows_j].long()  # 0 = UU, 1 = LU, 2 = LL
+        alpha = torch.tensor(self.pair_weights, device=weight.device)[pair_type]
+        return rows_i, rows_j, weight * alpha
+
+    def neighbor_loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The unscaled, reduced distance term."""
+        rows_i, rows_j, weight = self.pairs(batch)
+        distance = pairwise_distance(outputs[rows_i], outputs[rows_j], self.distance, self.transform)
+        return reduce_weighted(distance, weight, self.reduction)
+
+    def forward(
+        self, learner: "StructuredLearner", batch: Batch, output: Output
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        outputs = output.logits if self.compare == "logits" else output.hidden
+        loss = self.multiplier * self.neighbor_loss(outputs, batch)
+        return loss, {"graph_loss": loss.detach()}
+
+    def __repr__(self) -> str:
+        mode = "full_graph" if self.full_graph else f"max_neighbors={self.max_neighbors}, {self.neighbor_sampling}"
+        return (
+            f"{self.__class__.__name__}(multiplier={self.multiplier}, distance={self.distance!r}, "
+            f"transform={self.transform!r}, reduction={self.reduction!r}, {mode}, seeds={self.seeds!r}, "
+            f"compare={self.compare!r})"
+        )

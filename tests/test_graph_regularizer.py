@@ -1,0 +1,111 @@
+import pytest
+import torch
+from torch import nn
+
+from nsl_lab import Batch, ConfigError, GraphRegularizer, NeighborGraph, Output, StructuredLearner
+from nsl_lab.regularizers import NeighborContrastiveRegularizer
+from nsl_lab.regularizers.contrastive import normalized_adjacency_power
+
+# Path 0 - 1 - 2 plus 3 -> 0, undirected except the last edge. Node 0 and 2 labeled.
+EDGES = torch.tensor([[0, 1, 1, 2, 3], [1, 0, 2, 1, 0]])
+WEIGHTS = torch.tensor([1.0, 1.0, 0.5, 0.5, 2.0])
+LOGITS = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 2.0], [3.0, 1.0]])
+Y = torch.tensor([0, -1, 1, -1])
+
+
+def batch() -> Batch:
+    return Batch(x=torch.zeros(4, 1), y=Y, index=torch.arange(4), graph=NeighborGraph(EDGES, 4, WEIGHTS))
+
+
+def sq(a, b):
+    return float(((LOGITS[a] - LOGITS[b]) ** 2).sum())
+
+
+def test_nsl_labeled_seeds_top_k_by_hand():
+    # Seeds 0 and 2; neighbours 0->1 (w 1), 2->1 (w .5); NSL reduction: sum(w d) / #nonzero.
+    regularizer = GraphRegularizer(multiplier=0.1, distance="l2", max_neighbors=2)
+    expected = (1.0 * sq(0, 1) + 0.5 * sq(2, 1)) / 2
+    assert regularizer.neighbor_loss(LOGITS, batch()).item() == pytest.approx(expected)
+    loss, logs = regularizer(None, batch(), Output(LOGITS, LOGITS))
+    assert loss.item() == pytest.approx(0.1 * expected)
+    assert logs["graph_loss"].item() == pytest.approx(0.1 * expected)
+
+
+def test_all_seeds_with_pair_type_weights_by_hand():
+    # Pairs (i -> j): 0->1 LU, 1->0 LU, 1->2 LU, 2->1 LU, 3->0 UL (w 2): all labeled-unlabeled.
+    regularizer = GraphRegularizer(seeds="all", max_neighbors=3, labeled_unlabeled=0.5, reduction="sum")
+    expected = 0.5 * (1.0 * sq(0, 1) + 1.0 * sq(1, 0) + 0.5 * sq(1, 2) + 0.5 * sq(2, 1) + 2.0 * sq(3, 0))
+    assert regularizer.neighbor_loss(LOGITS, batch()).item() == pytest.approx(expected)
+    # Zeroing the labeled-unlabeled weight leaves nothing: every edge touches one labeled node.
+    none = GraphRegularizer(seeds="all", labeled_unlabeled=0.0)
+    assert none.neighbor_loss(LOGITS, batch()).item() == 0.0
+
+
+def test_full_graph_equals_sampling_every_neighbour():
+    for seeds in ("labeled", "all"):
+        full = GraphRegularizer(full_graph=True, seeds=seeds, distance="kl", transform="softmax")
+        sampled = GraphRegularizer(max_neighbors=4, seeds=seeds, distance="kl", transform="softmax")
+        assert full.neighbor_loss(LOGITS, batch()).item() == pytest.approx(sampled.neighbor_loss(LOGITS, batch()).item())
+
+
+def test_neighbours_outside_the_batch_are_dropped():
+    sub = Batch(x=torch.zeros(2, 1), y=torch.tensor([0, -1]), index=torch.tensor([0, 3]), graph=NeighborGraph(EDGES, 4, WEIGHTS))
+    regularizer = GraphRegularizer(seeds="all", max_neighbors=2, reduction="sum")
+    # Only the edge 3 -> 0 has both ends in the batch (rows 1 -> 0).
+    logits = LOGITS[[0, 3]]
+    assert regularizer.neighbor_loss(logits, sub).item() == pytest.approx(2.0 * sq(3, 0))
+
+
+def test_gradient_reaches_both_ends():
+    logits = LOGITS.clone().requires_grad_(True)
+    GraphRegularizer(max_neighbors=1).neighbor_loss(logits, batch()).backward()
+    assert logits.grad[1].abs().sum() > 0 and logits.grad[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_neighbors": 0}, r"graph.max_neighbors=0 .* integer >= 1"),
+        ({"distance": "euclid"}, r"distance='euclid' is not supported; allowed: 'l1', 'l2'"),
+        ({"seeds": "some"}, r"graph.seeds='some'"),
+        ({"multiplier": -1.0}, r"graph.multiplier=-1.0 is out of range"),
+    ],
+)
+def test_bad_settings_name_value_and_choices(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        GraphRegularizer(**kwargs)
+
+
+def test_contrastive_by_hand_on_a_triangle_with_an_outsider():
+    # Nodes 0-1 connected, 2 isolated. With hops=1 gamma = D^-1/2 (A+I) D^-1/2.
+    graph = NeighborGraph(torch.tensor([[0, 1], [1, 0]]), 3)
+    gamma = normalized_adjacency_power(graph, 1, "symmetric")
+    g = {(int(s), int(t)): float(w) for s, t, w in zip(*gamma.edges())}
+    assert g[(0, 1)] == pytest.approx(0.5) and g[(0, 0)] == pytest.approx(0.5) and g[(2, 2)] == pytest.approx(1.0)
+    z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    b = Batch(x=torch.zeros(3, 1), y=torch.full((3,), -1), index=torch.arange(3), graph=graph)
+    regularizer = NeighborContrastiveRegularizer(temperature=0.5, hops=1, normalization="symmetric")
+    tau = 0.5
+    cos = z @ z.t()
+    # Rows with a positive: 0 and 1 (node 2 has none but itself).
+    row0 = -torch.log(0.5 * torch.exp(cos[0, 1] / tau) / (torch.exp(cos[0, 1] / tau) + torch.exp(cos[0, 2] / tau)))
+    row1 = -torch.log(0.5 * torch.exp(cos[1, 0] / tau) / (torch.exp(cos[1, 0] / tau) + torch.exp(cos[1, 2] / tau)))
+    value = regularizer.contrastive_loss(z, torch.arange(3), b)
+    assert value.item() == pytest.approx(((row0 + row1) / 2).item(), rel=1e-5)
+
+
+def test_python_api_wraps_a_plain_module():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 2))  # returns logits only
+    learner = StructuredLearner(model, [GraphRegularizer(multiplier=0.5)], num_classes=2)
+    loss = learner.training_step(batch(), 0)
+    loss.backward()
+    assert loss.item() > 0 and all(p.grad is not None for p in model.parameters())
+
+
+def test_contrastive_gradient_is_finite_when_some_rows_have_no_positive():
+    graph = NeighborGraph(torch.tensor([[0, 1], [1, 0]]), 3)  # node 2 has no neighbour
+    z = torch.randn(3, 4, requires_grad=True)
+    b = Batch(x=torch.zeros(3, 1), y=torch.full((3,), -1), index=torch.arange(3), graph=graph)
+    NeighborContrastiveRegularizer(hops=1).contrastive_loss(z, torch.arange(3), b).backward()
+    assert torch.isfinite(z.grad).all()
