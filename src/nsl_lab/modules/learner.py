@@ -48,7 +48,8 @@ class StructuredLearner(pl.LightningModule):
         backbone: any module following the backbone contract (``embed``, ``head``,
             ``forward(x) -> Output``); see :class:`nsl_lab.modules.FFN`.
         regularizers: regularizers by name (a list works too); empty = plain supervised.
-        num_classes: number of classes, for the accuracy metrics.
+        num_classes: number of classes, for the accuracy metrics (default: the backbone's or
+            the datamodule's ``num_classes``).
         optimizer: a factory ``params -> Optimizer`` (default Adam, lr 1e-3).
         restore_best: keep the weights of the best validation epoch and test those.
     """
@@ -66,16 +67,25 @@ class StructuredLearner(pl.LightningModule):
         if not isinstance(regularizers, Mapping):
             regularizers = {f"{r.name}_{i}" if i else r.name: r for i, r in enumerate(regularizers)}
         self.regularizers = nn.ModuleDict(dict(regularizers))
-        num_classes = num_classes or getattr(backbone, "num_classes", None)
-        if num_classes is None:
-            raise ValueError("num_classes is needed when the backbone has no num_classes attribute")
-        self.num_classes = int(num_classes)
+        self.num_classes = num_classes or getattr(backbone, "num_classes", None)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.restore_best = restore_best
-        self.val_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
-        self.test_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
+        if self.num_classes is not None:
+            self._make_metrics()
         self.best_val_acc: float | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
+
+    def _make_metrics(self) -> None:
+        self.num_classes = int(self.num_classes)
+        self.val_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
+        self.test_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
+
+    def setup(self, stage: str) -> None:
+        if self.num_classes is None:  # a plain user module: ask the datamodule
+            self.num_classes = getattr(self.trainer.datamodule, "num_classes", None)
+            if self.num_classes is None:
+                raise ValueError("pass num_classes to StructuredLearner (neither backbone nor datamodule has it)")
+            self._make_metrics()
 
     def forward(self, batch: Batch) -> Output:
         extra = {} if batch.lengths is None else {"lengths": batch.lengths}
