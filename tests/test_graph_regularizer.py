@@ -109,3 +109,22 @@ def test_contrastive_gradient_is_finite_when_some_rows_have_no_positive():
     b = Batch(x=torch.zeros(3, 1), y=torch.full((3,), -1), index=torch.arange(3), graph=graph)
     NeighborContrastiveRegularizer(hops=1).contrastive_loss(z, torch.arange(3), b).backward()
     assert torch.isfinite(z.grad).all()
+
+
+def test_warmup_ramps_the_multiplier_linearly():
+    class FakeLearner:
+        _trainer = object()
+        current_epoch = 0
+
+    learner = FakeLearner()
+    regularizer = GraphRegularizer(multiplier=2.0, warmup_epochs=4)
+    seen = []
+    for epoch in range(6):
+        learner.current_epoch = epoch
+        seen.append(regularizer.current_multiplier(learner))
+    assert seen == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert regularizer.current_multiplier(None) == 2.0
+    loss, _ = regularizer(learner, batch(), Output(LOGITS, LOGITS))
+    assert loss.item() == pytest.approx(2.0 * regularizer.neighbor_loss(LOGITS, batch()).item())
+    with pytest.raises(ConfigError, match="graph.warmup_epochs=-1"):
+        GraphRegularizer(warmup_epochs=-1)

@@ -58,6 +58,7 @@ class GraphRegularizer(Regularizer):
         seeds: ``labeled`` or ``all``.
         compare: ``logits`` or ``hidden``.
         labeled_labeled, labeled_unlabeled, unlabeled_unlabeled: :math:`\alpha` per pair type.
+        warmup_epochs: ramp :math:`\lambda` up linearly over these first epochs.
     """
 
     name = "graph"
@@ -76,8 +77,9 @@ class GraphRegularizer(Regularizer):
         labeled_labeled: float = 1.0,
         labeled_unlabeled: float = 1.0,
         unlabeled_unlabeled: float = 1.0,
+        warmup_epochs: int = 0,
     ) -> None:
-        super().__init__(multiplier)
+        super().__init__(multiplier, warmup_epochs)
         check_distance(distance, transform)
         check_choice("graph.reduction", reduction, REDUCTIONS)
         check_choice("graph.neighbor_sampling", neighbor_sampling, SAMPLING)
@@ -135,7 +137,7 @@ class GraphRegularizer(Regularizer):
         self, learner: "StructuredLearner", batch: Batch, output: Output
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         outputs = output.logits if self.compare == "logits" else output.hidden
-        loss = self.multiplier * self.neighbor_loss(outputs, batch)
+        loss = self.current_multiplier(learner) * self.neighbor_loss(outputs, batch)
         return loss, {"graph_loss": loss.detach()}
 
     def __repr__(self) -> str:
