@@ -4,7 +4,9 @@
     python benchmarks/cora_label_frac.py --seeds 0 --fractions 0.01 1.0
 
 Writes benchmarks/results/cora_label_frac.{json,md}. Test accuracy is on Planetoid's 1000
-test nodes; ``public`` is the classic 20-labels-per-class split.
+test nodes; ``public`` is the classic 20-labels-per-class split. Finished runs are cached in
+benchmarks/results/cora_label_frac.runs.jsonl (keyed by a hash of src/ and conf/), so an
+interrupted benchmark resumes, and invocations over different --fractions can run side by side.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, mean_std, quiet, write
+from common import RunCache, fingerprint, machine, mean_std, quiet, write
 
 CONFIGS = {
     "base FFN (regularizer=none)": ["regularizer=none"],
@@ -38,23 +40,28 @@ def main() -> None:
     from nsl_lab.compose import run_overrides
 
     settings = [*args.fractions, *([] if args.no_public else ["public"])]
+    cache = RunCache("cora_label_frac", fingerprint("src", "conf"))
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for setting in settings:
             for seed in args.seeds:
                 for name, overrides in CONFIGS.items():
-                    start = time.perf_counter()
-                    metrics = run_overrides(
-                        [*overrides, *setting_overrides(setting), f"seed={seed}", f"num_threads={args.threads}",
-                         "logger=none", "trainer.enable_progress_bar=false"],
-                        Path(scratch) / f"{len(rows)}",
-                    )
-                    rows.append({"config": name, "setting": setting, "seed": seed,
-                                 "test_acc": metrics["test/acc"], "val_acc": metrics["val/acc"],
-                                 "n_labeled": metrics["n_labeled"], "fit_seconds": metrics["fit_seconds"],
-                                 "run_seconds": time.perf_counter() - start})
-                    print(f"{setting:>7} seed {seed} {name:40s} test {metrics['test/acc']:.3f} "
-                          f"fit {metrics['fit_seconds']:.1f}s", flush=True)
+                    row = cache.find(config=name, setting=setting, seed=seed)
+                    if row is None:
+                        start = time.perf_counter()
+                        metrics = run_overrides(
+                            [*overrides, *setting_overrides(setting), f"seed={seed}", f"num_threads={args.threads}",
+                             "logger=none", "trainer.enable_progress_bar=false"],
+                            Path(scratch) / f"{name}-{setting}-{seed}".replace(" ", "_"),
+                        )
+                        row = {"config": name, "setting": setting, "seed": seed,
+                               "test_acc": metrics["test/acc"], "val_acc": metrics["val/acc"],
+                               "n_labeled": metrics["n_labeled"], "fit_seconds": metrics["fit_seconds"],
+                               "run_seconds": time.perf_counter() - start}
+                        cache.add(row)
+                    rows.append(row)
+                    print(f"{setting:>7} seed {seed} {name:40s} test {row['test_acc']:.3f} "
+                          f"run {row['run_seconds']:.1f}s", flush=True)
 
     def cell(config: str, setting: str) -> tuple[float, float]:
         return mean_std([r["test_acc"] for r in rows if r["config"] == config and r["setting"] == setting])

@@ -41,8 +41,8 @@ class StructuredLearner(pl.LightningModule):
         \mathcal{L} = \mathrm{CE}(f(x_L), y_L) + \sum_r \mathcal{R}_r
 
     where each regularizer :math:`\mathcal{R}_r` returns its own scaled term. Logs
-    ``train/supervised_loss``, ``train/<name>_loss`` per regularizer, ``train/loss``,
-    ``val/acc`` and ``test/acc``.
+    ``train/supervised_loss``, ``train/<name>_loss`` per regularizer (its scaled term, under
+    its config name), ``train/loss``, ``val/acc`` and ``test/acc``.
 
     Args:
         backbone: any module following the backbone contract (``embed``, ``head``,
@@ -96,11 +96,12 @@ class StructuredLearner(pl.LightningModule):
         loss = supervised_loss(output.logits, batch.y)
         size = max(int(batch.labeled.sum()), 1)
         self.log("train/supervised_loss", loss.detach(), batch_size=size)
-        for regularizer in self.regularizers.values():
+        for name, regularizer in self.regularizers.items():
             term, logs = regularizer(self, batch, output)
             loss = loss + term
+            self.log(f"train/{name}_loss", term.detach(), batch_size=size)
             for key, value in logs.items():
-                self.log(f"train/{key}", value, batch_size=size)
+                self.log(f"train/{name}/{key}", value, batch_size=size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
         return loss
 

@@ -19,8 +19,9 @@ class Regularizer(nn.Module):
 
     ``forward(learner, batch, output) -> (scaled_loss, logs)`` where ``output`` is the
     backbone's output on ``batch.x``. A regularizer may call ``learner.backbone`` again
-    (neighbours' inputs, perturbed embeddings) but holds no optimizer and no data.
-    ``logs`` maps short names to detached scalars; the learner prefixes them with the stage.
+    (neighbours' inputs, perturbed embeddings) but holds no optimizer and no data. The
+    learner logs the scaled term as ``train/<config name>_loss``; ``logs`` holds any extra
+    diagnostics (detached scalars), logged as ``train/<config name>/<key>``.
 
     Args:
         multiplier: weight of the term in the total loss.
@@ -29,7 +30,7 @@ class Regularizer(nn.Module):
             smoothness term cannot settle on a constant prediction before the labels speak.
     """
 
-    #: the key under which the learner logs the scaled term, e.g. ``train/graph_loss``
+    #: default config name (used in messages, and as log name when regularizers come as a list)
     name: str = "regularizer"
 
     def __init__(self, multiplier: float = 1.0, warmup_epochs: int = 0) -> None:

@@ -138,7 +138,7 @@ class GraphRegularizer(Regularizer):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         outputs = output.logits if self.compare == "logits" else output.hidden
         loss = self.current_multiplier(learner) * self.neighbor_loss(outputs, batch)
-        return loss, {"graph_loss": loss.detach()}
+        return loss, {}
 
     def __repr__(self) -> str:
         mode = "full_graph" if self.full_graph else f"max_neighbors={self.max_neighbors}, {self.neighbor_sampling}"
