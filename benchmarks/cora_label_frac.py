@@ -31,7 +31,7 @@ def setting_overrides(setting: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fractions", nargs="+", default=["0.01", "0.02", "0.05", "0.1", "0.2", "1.0"])
+    parser.add_argument("--fractions", nargs="*", default=["0.01", "0.02", "0.05", "0.1", "0.2", "1.0"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--no-public", action="store_true", help="skip the 20-per-class split")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")

@@ -65,7 +65,11 @@ class StructuredLearner(pl.LightningModule):
         super().__init__()
         self.backbone = backbone
         if not isinstance(regularizers, Mapping):
-            regularizers = {f"{r.name}_{i}" if i else r.name: r for i, r in enumerate(regularizers)}
+            named: dict[str, Regularizer] = {}
+            for regularizer in regularizers:  # graph, adversarial, graph_2, ...
+                name = regularizer.name if regularizer.name not in named else f"{regularizer.name}_{len(named) + 1}"
+                named[name] = regularizer
+            regularizers = named
         self.regularizers = nn.ModuleDict(dict(regularizers))
         self.num_classes = num_classes or getattr(backbone, "num_classes", None)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
