@@ -52,7 +52,7 @@ def main() -> None:
                         metrics = run_overrides(
                             [*overrides, *setting_overrides(setting), f"seed={seed}", f"num_threads={args.threads}",
                              "logger=none", "trainer.enable_progress_bar=false"],
-                            Path(scratch) / f"{name}-{setting}-{seed}".replace(" ", "_"),
+                            Path(scratch) / f"run{len(rows)}",
                         )
                         row = {"config": name, "setting": setting, "seed": seed,
                                "test_acc": metrics["test/acc"], "val_acc": metrics["val/acc"],
