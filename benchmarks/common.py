@@ -28,7 +28,6 @@ def machine() -> dict[str, str]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     return {
         "cpu_count": str(os.cpu_count()),
-        "torch_threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "commit": commit or "uncommitted",
