@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -74,6 +75,18 @@ class JobClock(pl.Callback):
         """Flat numbers for metrics.json (none under ddp_spawn, where the ranks hold them)."""
         found = {"startup_seconds": self.startup_seconds, "start_epoch": self.start_epoch}
         return {key: round(value, 4) for key, value in found.items() if value is not None}
+
+
+class ReseedOnFit(pl.Callback):
+    """Re-seeds every generator from ``seed`` when fitting starts, as Lightning's DDP does in
+    each rank: a single-process run then draws the same dropout masks and samples as every DDP
+    rank, so ``trainer=ddp`` reproduces the single-process metrics on the same data."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            from lightning_fabric.utilities.seed import reset_seed
+
+            reset_seed()
 
 
 # -- threads and devices ----------------------------------------------------------------------
@@ -151,6 +164,10 @@ def ddp_inside_multirun(cfg: DictConfig) -> None:
         log.warning("trainer.strategy=ddp inside a multirun: using ddp_spawn so the ranks run this job only")
         with open_dict(cfg):
             cfg.trainer.strategy = "ddp_spawn"
+        # A joblib (loky) worker's default start method is "loky", which the spawned ranks
+        # cannot restore: make it a standard one before Lightning starts them.
+        if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+            multiprocessing.set_start_method("spawn", force=True)
 
 
 # -- finished, failed and resumed jobs -------------------------------------------------------------
@@ -219,4 +236,4 @@ def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
 def trainer_arguments(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Callbacks and checkpointing switches added to ``cfg.trainer`` for one run."""
     checkpoints = checkpoint_callbacks(cfg, output_dir)
-    return {"callbacks": [JobClock(), *checkpoints], "enable_checkpointing": bool(checkpoints)}
+    return {"callbacks": [JobClock(), ReseedOnFit(), *checkpoints], "enable_checkpointing": bool(checkpoints)}
