@@ -24,11 +24,11 @@ def main(cfg: DictConfig) -> float:
     sweep.start_job()
     output_dir = HydraConfig.get().runtime.output_dir
     multirun = sweep.in_multirun()
+    sweep.default_threads(cfg)
+    sweep.ddp_inside_multirun(cfg)
     if multirun and (done := sweep.finished_metrics(cfg, output_dir)) is not None:
         log.info("already finished in %s: skipped", output_dir)
         return done.get("test/acc", float("nan"))
-    sweep.default_threads(cfg)
-    sweep.ddp_inside_multirun(cfg)
     sweep.one_gpu_per_job(cfg)
     try:
         metrics = train(cfg, output_dir)

@@ -22,6 +22,8 @@ import psutil
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nsl_lab.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
@@ -209,31 +211,49 @@ def checkpoint_dir(cfg: DictConfig, output_dir: str | Path) -> Path:
     return Path(output_dir) / CHECKPOINT_DIR / digest
 
 
+class LastCheckpoint(pl.Callback):
+    """Writes ``<dirpath>/last.ckpt`` every ``every_n_epochs`` epochs, after validation.
+
+    Lightning's ModelCheckpoint with ``save_top_k=0`` writes ``last.ckpt`` only when training
+    ends; a job killed before that would lose everything. The file is replaced atomically, so
+    a kill while writing leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_epochs: int) -> None:
+        self.dirpath, self.every_n_epochs = Path(dirpath), int(every_n_epochs)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        partial = self.dirpath / "last.ckpt.partial"
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(partial, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(partial, self.dirpath / "last.ckpt")
+
+
 def checkpoint_callbacks(cfg: DictConfig, output_dir: str | Path) -> list[pl.Callback]:
     """``last.ckpt`` every ``checkpoint.every_n_epochs`` epochs (0 or no ``checkpoint``: none)."""
     every = int((cfg.get("checkpoint") or {}).get("every_n_epochs", 0) or 0)
-    if every <= 0:
-        return []
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    return [ModelCheckpoint(dirpath=checkpoint_dir(cfg, output_dir), save_last=True, save_top_k=0,
-                            every_n_epochs=every, enable_version_counter=False)]
+    return [LastCheckpoint(checkpoint_dir(cfg, output_dir), every)] if every > 0 else []
 
 
 def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
-    """``ckpt_path`` for ``Trainer.fit``: the configured one (a path, or ``last``), else the
-    ``last.ckpt`` an interrupted run of this same configuration left (automatic resume)."""
+    """``ckpt_path`` for ``Trainer.fit``: a configured path; ``last`` or null: the ``last.ckpt``
+    an interrupted run of this same configuration left in this run directory (null: if any)."""
     configured = cfg.get("ckpt_path")
-    if configured:
-        return str(configured)
     last = checkpoint_dir(cfg, output_dir) / "last.ckpt"
+    if configured and configured != "last":
+        return str(configured)
     if last.is_file():
         log.info("resuming from %s", last)
         return str(last)
+    if configured == "last":
+        raise ConfigError(f"ckpt_path=last but this configuration has no checkpoint yet: {last} does not exist")
     return None
 
 
 def trainer_arguments(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Callbacks and checkpointing switches added to ``cfg.trainer`` for one run."""
-    checkpoints = checkpoint_callbacks(cfg, output_dir)
-    return {"callbacks": [JobClock(), ReseedOnFit(), *checkpoints], "enable_checkpointing": bool(checkpoints)}
+    return {"callbacks": [JobClock(), ReseedOnFit(), *checkpoint_callbacks(cfg, output_dir)]}
