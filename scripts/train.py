@@ -45,6 +45,7 @@ def main(cfg: DictConfig) -> float:
         print(message, file=sys.stderr)
         sys.exit(2)
     sweep.clear_failure(output_dir)
+    sweep.drop_checkpoints(cfg, output_dir)
     return metrics.get("test/acc", float("nan"))
 
 

@@ -16,7 +16,7 @@ import torch
 from conftest import REPO, run_train
 from nsl_lab import sweep
 from nsl_lab.loggers import offline_run
-from nsl_lab.report import report
+from nsl_lab.report import log_to_wandb, report
 
 TINY = ["trainer.max_epochs=4", "trainer.enable_progress_bar=false", "data.label_frac=0.05"]
 
@@ -86,6 +86,12 @@ def test_failing_job_wandb_offline_and_relaunch_skips_finished(tmp_path, data_ro
     md = (result["out_dir"] / "report.md").read_text()
     assert "1 of 2 jobs finished" in md and "| 1 | failed | data.label_frac=1.5" in md
 
+    report_run = offline_run(log_to_wandb(result, sweep_dir, mode="offline"))
+    assert report_run["group"] == "sweep_2026"
+    logged_report = report_run["history"][0]
+    assert logged_report["report/table"]["_type"] == "table-file" and logged_report["report/table"]["nrows"] == 1
+    assert logged_report["report/accuracy_vs_label_frac"]["_type"] == "image-file"
+
     metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
     (run_dir,) = (sweep_dir / "0" / "wandb").glob("offline-run-*")
     logged = offline_run(run_dir)
@@ -108,7 +114,8 @@ def test_ddp_two_processes_match_single_process(tmp_path, data_root, cache_dir):
     args = ["regularizer=graph", "trainer.max_epochs=6", "logger=csv"]
     _, ddp = run_train([*args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
                        tmp_path / "ddp", cache_dir, data_root)
-    _, single = run_train(args, tmp_path / "single", cache_dir, data_root)
+    _, single = run_train([*args, "logger=tensorboard"], tmp_path / "single", cache_dir, data_root)
+    assert list((tmp_path / "single" / "tensorboard").glob("events.out.tfevents.*"))
     # Same full-graph batch in both ranks, same seeds: the averaged gradients equal one rank's.
     for key in ("val/acc", "test/acc"):
         assert ddp[key] == pytest.approx(single[key], abs=0.005), key
@@ -155,6 +162,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, data_root, cache_
     _, metrics = run_train(args, run_dir, cache_dir, data_root)
     assert metrics["start_epoch"] == saved["epoch"] + 1 and metrics["epochs"] == 40
     assert metrics["val/acc"] >= best_before_kill  # the in-memory best survived the kill
+    assert not list(run_dir.glob("checkpoints/*/last.ckpt"))  # a finished run drops its checkpoint
 
 
 def test_claim_gpu_takes_a_free_device(tmp_path, monkeypatch):

@@ -164,24 +164,33 @@ def _lines(rows: list[Row]) -> dict[str, list[Row]]:
     return lines
 
 
-def plot_label_frac(rows: list[Row], path: Path) -> bool:
-    """Test accuracy against label fraction (log x), one line per regularizer (and setting)."""
-    rows = [r for r in rows if r.label_frac is not None and "test/acc" in r.stats]
-    if not rows:
-        return False
+def _errorbar_plot(path: Path, series: list[tuple[str, list[float], list[float], list[float]]], **settings: Any) -> None:
+    """One line with error bars per (label, x, mean, std) series, accuracies in %."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 4))
-    for name, members in _lines(rows).items():
-        members = sorted(members, key=lambda r: r.label_frac)
-        axes.errorbar([r.label_frac for r in members], [100 * r.stats["test/acc"][0] for r in members],
-                      yerr=[100 * r.stats["test/acc"][1] for r in members], marker="o", capsize=3, label=name)
-    axes.set(xscale="log", xlabel="label fraction", ylabel="test accuracy (%)", title="Accuracy against label fraction")
+    for label, xs, means, stds in series:
+        axes.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o", capsize=3, label=label)
+    axes.set(**settings)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_label_frac(rows: list[Row], path: Path) -> bool:
+    """Test accuracy against label fraction (log x), one line per regularizer (and setting)."""
+    rows = [r for r in rows if r.label_frac is not None and "test/acc" in r.stats]
+    if not rows:
+        return False
+    series = []
+    for name, members in _lines(rows).items():
+        members = sorted(members, key=lambda r: r.label_frac)
+        series.append((name, [r.label_frac for r in members], [r.stats["test/acc"][0] for r in members],
+                       [r.stats["test/acc"][1] for r in members]))
+    _errorbar_plot(path, series, xscale="log", xlabel="label fraction", ylabel="test accuracy (%)",
+                   title="Accuracy against label fraction")
     return True
 
 
@@ -190,21 +199,14 @@ def plot_epsilon(rows: list[Row], keys: list[str], path: Path) -> bool:
     robust = [k for k in keys if ROBUST_KEY.match(k)]
     if not robust:
         return False
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4))
+    series = []
     for name, members in _lines(rows).items():
         for r in members:
             points = [(epsilon(k), *r.stats[k]) for k in robust if not math.isnan(r.stats[k][0])]
             label = name if len(members) == 1 else f"{name} label_frac={_frac(r.label_frac)}"
-            axes.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
-                          marker="o", capsize=3, label=label)
-    axes.set(xlabel="epsilon", ylabel="robust test accuracy (%)", title="Robust accuracy against epsilon")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+            series.append((label, [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]))
+    _errorbar_plot(path, series, xlabel="epsilon", ylabel="robust test accuracy (%)",
+                   title="Robust accuracy against epsilon")
     return True
 
 

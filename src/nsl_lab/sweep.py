@@ -33,6 +33,7 @@ METRICS_FILE = "metrics.json"
 # Jobs started in this process so far: loky (joblib) workers run many jobs, one after another.
 _jobs_started_here = 0
 _job_started_at: float | None = None
+_job_cpu_at_start = 0.0
 # A GPU lock held for the life of this process (CUDA cannot switch devices once initialised).
 _gpu_lock: Any = None
 
@@ -46,9 +47,10 @@ def in_multirun() -> bool:
 
 def start_job() -> None:
     """Marks the start of a job: the reference point of ``startup_seconds``."""
-    global _jobs_started_here, _job_started_at
+    global _jobs_started_here, _job_started_at, _job_cpu_at_start
     _jobs_started_here += 1
     _job_started_at = time.time()
+    _job_cpu_at_start = time.process_time() if _jobs_started_here > 1 else 0.0
 
 
 def startup_reference() -> float:
@@ -58,12 +60,19 @@ def startup_reference() -> float:
     return _job_started_at
 
 
+def job_cpu_seconds() -> float:
+    """CPU seconds of this process spent on this job (with the imports for a process's first
+    job): unlike wall time, it does not grow when other programs share the cores."""
+    return time.process_time() - _job_cpu_at_start
+
+
 class JobClock(pl.Callback):
-    """Records wall seconds from process (or job) start to the first training step, and the
-    epoch training started at (> 0 when it resumed from a checkpoint)."""
+    """Records wall (and CPU) seconds from process (or job) start to the first training step,
+    the job's CPU seconds, and the epoch training started at (> 0 when it resumed)."""
 
     def __init__(self) -> None:
         self.startup_seconds: float | None = None
+        self.startup_cpu_seconds: float | None = None
         self.start_epoch: int | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -72,10 +81,12 @@ class JobClock(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.startup_seconds is None:
             self.startup_seconds = time.time() - startup_reference()
+            self.startup_cpu_seconds = job_cpu_seconds()
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers for metrics.json (none under ddp_spawn, where the ranks hold them)."""
-        found = {"startup_seconds": self.startup_seconds, "start_epoch": self.start_epoch}
+        found = {"startup_seconds": self.startup_seconds, "startup_cpu_seconds": self.startup_cpu_seconds,
+                 "start_epoch": self.start_epoch, "cpu_seconds": job_cpu_seconds() if self.start_epoch is not None else None}
         return {key: round(value, 4) for key, value in found.items() if value is not None}
 
 
@@ -252,6 +263,13 @@ def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
     if configured == "last":
         raise ConfigError(f"ckpt_path=last but this configuration has no checkpoint yet: {last} does not exist")
     return None
+
+
+def drop_checkpoints(cfg: DictConfig, output_dir: str | Path) -> None:
+    """After a job finished (metrics.json written) its checkpoint is never needed again: a
+    re-launched sweep skips the job. ``checkpoint.keep=true`` keeps it."""
+    if not (cfg.get("checkpoint") or {}).get("keep", False):
+        shutil.rmtree(checkpoint_dir(cfg, output_dir), ignore_errors=True)
 
 
 def trainer_arguments(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
