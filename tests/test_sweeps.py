@@ -86,16 +86,18 @@ def test_failing_job_wandb_offline_and_relaunch_skips_finished(tmp_path, data_ro
     md = (result["out_dir"] / "report.md").read_text()
     assert "1 of 2 jobs finished" in md and "| 1 | failed | data.label_frac=1.5" in md
 
-    report_run = offline_run(log_to_wandb(result, sweep_dir, mode="offline"))
-    assert report_run["group"] == "sweep_2026"
-    logged_report = report_run["history"][0]
-    assert logged_report["report/table"]["_type"] == "table-file" and logged_report["report/table"]["nrows"] == 1
-    assert logged_report["report/accuracy_vs_label_frac"]["_type"] == "image-file"
+    report_dir = log_to_wandb(result, sweep_dir, mode="offline")
+    report_run = offline_run(report_dir)
+    assert report_run["complete"] and report_run["group"] == "sweep_2026"
+    logged_report = report_run["history"][0]  # nested values come back as "<key>/<field>"
+    assert logged_report["report/table/_type"] == "table-file" and logged_report["report/table/nrows"] == 1
+    assert (report_dir / "files" / logged_report["report/table/path"]).is_file()
+    assert logged_report["report/accuracy_vs_label_frac/_type"] == "image-file"
 
     metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
     (run_dir,) = (sweep_dir / "0" / "wandb").glob("offline-run-*")
     logged = offline_run(run_dir)
-    assert logged["group"] == "sweep_2026"
+    assert logged["complete"] and logged["group"] == "sweep_2026"
     assert {"regularizer=graph", "label_frac=0.05"} <= set(logged["tags"])
     assert logged["config"]["data"]["label_frac"] == 0.05 and logged["config"]["seed"] == 0
     assert logged["summary"]["test/acc"] == pytest.approx(metrics["test/acc"])

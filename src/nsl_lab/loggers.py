@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -80,6 +81,8 @@ def read_wandb_records(path: str | Path) -> Iterator[Any]:
             continue
         _, length, kind = CHUNK_HEADER.unpack_from(data, position)
         start = position + CHUNK_HEADER.size
+        if start + length > len(data):  # still being written
+            return
         chunk, position = data[start:start + length], start + length
         if kind == 0 and length == 0:  # zero padding
             position += BLOCK_SIZE - (position % BLOCK_SIZE) if position % BLOCK_SIZE else 0
@@ -94,13 +97,25 @@ def read_wandb_records(path: str | Path) -> Iterator[Any]:
             yield record
 
 
-def offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """Config, history rows, summary and tags logged into an offline run directory."""
-    files = sorted(Path(run_dir).glob("run-*.wandb"))
+def offline_run(run_dir: str | Path, wait_s: float = 60.0) -> dict[str, Any]:
+    """Config, history rows, summary, tags and group logged into an offline run directory.
+
+    wandb's service may still be writing the file after ``finish()`` returned: this waits up
+    to ``wait_s`` seconds for the run's closing ``exit`` record. Nested values come back
+    flattened as ``<key>/<field>``.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        files = sorted(Path(run_dir).glob("run-*.wandb"))
+        records = list(read_wandb_records(files[0])) if files else []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     if not files:
         raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
-    run: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "tags": [], "group": ""}
-    for record in read_wandb_records(files[0]):
+    run: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "tags": [], "group": "",
+                           "complete": any(r.WhichOneof("record_type") == "exit" for r in records)}
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run["tags"], run["group"] = list(record.run.tags), record.run.run_group
