@@ -13,7 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nsl_lab.errors import ConfigError
+from nsl_lab.loggers import finish as finish_logger
 from nsl_lab.modules.learner import StructuredLearner
+from nsl_lab.sweep import JobClock, resume_path, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,15 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, float]:
         **cfg.get("learner", {}),
     )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger)
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, **trainer_arguments(cfg, output_dir))
     log.info("backbone: %r", backbone)
     for regularizer in learner.regularizers.values():
         log.info("regularizer: %r", regularizer)
 
     start = time.perf_counter()
-    trainer.fit(learner, datamodule=datamodule)
+    trainer.fit(learner, datamodule=datamodule, ckpt_path=resume_path(cfg, output_dir), weights_only=True)
     fit_seconds = time.perf_counter() - start
     tested = trainer.test(learner, datamodule=datamodule, verbose=False)
 
@@ -84,8 +88,11 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, float]:
         "fit_seconds": round(fit_seconds, 4),
         "epochs": int(trainer.current_epoch),
     }
+    clock = next(c for c in trainer.callbacks if isinstance(c, JobClock))
+    metrics.update(clock.metrics())
     for key, value in (tested[0] if tested else {}).items():
         metrics[key] = float(value)
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
+    finish_logger(logger)
     return metrics

@@ -1,6 +1,7 @@
 """Cora and CiteSeer citation graphs (Planetoid), trained full-graph."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -106,10 +107,16 @@ class PlanetoidDataModule(pl.LightningDataModule):
         )
 
     def _load(self):
-        from torch_geometric.datasets import Planetoid
-
         if not self.data_dir.is_dir():
             raise self._missing_data_error(f"; the data root {self.data_dir} does not exist")
+        # Parallel jobs (joblib, submitit) share the cache: one at a time copies and processes.
+        with open(self._ensure(self.cache_dir / "planetoid") / f".{self.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._load_locked()
+
+    def _load_locked(self):
+        from torch_geometric.datasets import Planetoid
+
         root = self.cache_dir / "planetoid"
         cached_raw = root / self.name / "raw"
         if not all((cached_raw / f).is_file() for f in raw_files(self.name)):

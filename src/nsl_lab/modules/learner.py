@@ -125,6 +125,15 @@ class StructuredLearner(pl.LightningModule):
         self.log("val/acc", accuracy, prog_bar=True)
         self.log("val/best_acc", self.best_val_acc)
 
+    def get_extra_state(self) -> dict:
+        # Part of state_dict, so a checkpoint (resume) and ddp_spawn's hand-back of the weights
+        # keep the best-validation weights; tensors and floats only, loadable with weights_only=True.
+        return {"best_val_acc": self.best_val_acc, "best_state": self._best_state}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.best_val_acc = state.get("best_val_acc")
+        self._best_state = state.get("best_state")
+
     def on_test_start(self) -> None:
         if self.restore_best and self._best_state is not None:
             self.backbone.load_state_dict(self._best_state)

@@ -1,0 +1,43 @@
+"""Gather a sweep's jobs into one table (CSV + Markdown) and plots.
+
+    python scripts/report.py multirun/cora_label_frac/2026-11-25_12-00-00
+    python scripts/report.py <multirun dir> --out reports/cora --wandb
+
+Writes report.csv, report.md, accuracy_vs_label_frac.png (when label_frac varies) and
+robust_accuracy_vs_epsilon.png (when jobs logged test/robust_acc/eps=<e>) into <dir>/report.
+Failed or unfinished jobs are listed in report.md; the others are still reported.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nsl_lab.report import log_to_wandb, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default <sweep_dir>/report)")
+    parser.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B (offline without a key)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"report: error: sweep_dir={str(args.sweep_dir)!r} is not a directory", file=sys.stderr)
+        return 2
+    result = report(args.sweep_dir, args.out)
+    jobs = result["jobs"]
+    if not jobs:
+        print(f"report: error: no Hydra jobs (*/.hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
+        return 2
+    counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "failed", "unfinished")}
+    print((result["out_dir"] / "report.md").read_text())
+    print(f"{counts['finished']} finished, {counts['failed']} failed, {counts['unfinished']} unfinished; "
+          f"wrote {', '.join(str(p) for p in result['files'])}")
+    if args.wandb:
+        print(f"W&B run: {log_to_wandb(result, args.sweep_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
