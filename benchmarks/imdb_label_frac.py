@@ -1,0 +1,117 @@
+"""BiLSTM base versus graph-regularized on IMDB across label fractions.
+
+    python benchmarks/imdb_label_frac.py                         # the full grid
+    python benchmarks/imdb_label_frac.py --fractions 0.01 1.0 --steps 200
+
+Each run is ``experiment=imdb_label_frac`` (128 tokens, BiLSTM 2 x 32, a fixed budget of
+optimizer steps, one thread) with ``regularizer=none`` or ``graph_nsl``; test accuracy on
+the 25,000 test reviews. The kNN graph (top-10, TF-IDF + SVD 256) is built once and cached;
+its build time and peak memory are measured first, in a subprocess.
+Writes benchmarks/results/imdb_label_frac.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import machine, quiet, write
+
+CONFIGS = {"base BiLSTM": "none", "graph-regularized (graph_nsl)": "graph_nsl"}
+TARGETS = {"1.0": "base >= 86", "0.01": "graph >= base + 10"}
+
+GRAPH_CHILD = r"""
+import json, resource, sys, time, torch
+torch.set_num_threads(1)
+from nsl_lab.datamodules.imdb import IMDBDataModule
+start = time.perf_counter()
+data = IMDBDataModule(data_dir=sys.argv[1], cache_dir=sys.argv[2], max_len=128)
+data.setup()
+print(json.dumps({"seconds": time.perf_counter() - start, "edges": data.graph.num_edges,
+                  "nodes": data.num_train_reviews,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure_graph_build(data_dir: str) -> dict:
+    """Reads IMDB, embeds the training reviews (TF-IDF + SVD) and builds the graph, uncached."""
+    with tempfile.TemporaryDirectory() as cache:
+        completed = subprocess.run([sys.executable, "-c", GRAPH_CHILD, data_dir, cache], capture_output=True,
+                                   text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fractions", nargs="+", default=["0.01", "0.02", "0.05", "0.1", "1.0"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
+    parser.add_argument("--skip-graph-timing", action="store_true")
+    args = parser.parse_args()
+    quiet()
+    from nsl_lab.compose import run_overrides
+
+    data_dir = os.environ["NSL_LAB_DATA"]
+    graph = None if args.skip_graph_timing else measure_graph_build(data_dir)
+    if graph:
+        print(f"graph: {graph}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for fraction in args.fractions:
+            for name, regularizer in CONFIGS.items():
+                start = time.perf_counter()
+                metrics = run_overrides(
+                    ["experiment=imdb_label_frac", f"regularizer={regularizer}", f"data.label_frac={fraction}",
+                     f"seed={args.seed}", f"trainer.max_steps={args.steps}", "logger=none",
+                     "trainer.enable_progress_bar=false"],
+                    Path(scratch) / f"{len(rows)}",
+                )
+                rows.append({"config": name, "label_frac": fraction, "test_acc": metrics["test/acc"],
+                             "val_acc": metrics["val/acc"], "n_labeled": metrics["n_labeled"],
+                             "fit_seconds": metrics["fit_seconds"], "run_seconds": time.perf_counter() - start})
+                print(f"{fraction:>5} {name:32s} test {metrics['test/acc']:.4f} run {rows[-1]['run_seconds']:.0f}s",
+                      flush=True)
+
+    def row(config: str, fraction: str) -> dict:
+        return next(r for r in rows if r["config"] == config and r["label_frac"] == fraction)
+
+    base, graph_name = CONFIGS
+    lines = [
+        "| label_frac | labeled reviews | base BiLSTM | graph-regularized | gain (points) | wall time base / graph (s) | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for fraction in args.fractions:
+        b, g = row(base, fraction), row(graph_name, fraction)
+        lines.append(
+            f"| {fraction} | {b['n_labeled']:,} | {100 * b['test_acc']:.1f} | {100 * g['test_acc']:.1f} | "
+            f"{100 * (g['test_acc'] - b['test_acc']):+.1f} | {b['run_seconds']:.0f} / {g['run_seconds']:.0f} | "
+            f"{TARGETS.get(fraction, '')} |"
+        )
+    graph_line = (
+        f"- Graph build (read + tokenise + TF-IDF/SVD 256 + exact top-10 over {graph['nodes']:,} reviews, one thread): "
+        f"{graph['seconds']:.1f} s, peak RSS {graph['peak_rss_mb']:.0f} MB, {graph['edges']:,} directed edges"
+        if graph else "- Graph build: not measured in this run"
+    )
+    markdown = "\n".join([
+        "# IMDB: test accuracy (%) against label fraction",
+        "",
+        f"Seed {args.seed}, test on the 25,000 test reviews, `experiment=imdb_label_frac` with {args.steps} optimizer "
+        "steps per run (batch 64, 128 tokens, BiLSTM 2 x 32, one thread). "
+        f"Reproduce: `python benchmarks/imdb_label_frac.py --steps {args.steps}`",
+        "",
+        *lines,
+        "",
+        graph_line,
+        f"- Machine: {machine()}",
+        "",
+    ])
+    write("imdb_label_frac", {"runs": rows, "graph_build": graph, "machine": machine(), "args": vars(args)}, markdown)
+
+
+if __name__ == "__main__":
+    main()
