@@ -180,11 +180,15 @@ def symmetrize(
     """Union of both directions, one edge per ordered pair: ``(edge_index [2, E], weight [E])``."""
     both_source = torch.cat([source, target])
     both_target = torch.cat([target, source])
-    key = both_source * num_nodes + both_target
-    unique, first = np.unique(key.numpy(), return_index=True)
+    both_weight = torch.cat([weight, weight]).numpy()
+    # s_ij and s_ji come from different blocks and may differ in the last bit: one value per pair.
+    pair = (torch.minimum(both_source, both_target) * num_nodes + torch.maximum(both_source, both_target)).numpy()
+    _, pair_first, pair_of = np.unique(pair, return_index=True, return_inverse=True)
+    both_weight = both_weight[pair_first][pair_of]
+    unique, first = np.unique((both_source * num_nodes + both_target).numpy(), return_index=True)
     unique = torch.from_numpy(unique)
     edge_index = torch.stack([unique // num_nodes, unique % num_nodes])
-    return edge_index, torch.cat([weight, weight])[torch.from_numpy(first)]
+    return edge_index, torch.from_numpy(both_weight[first])
 
 
 def similarity_graph(
@@ -296,7 +300,7 @@ def read_tsv(path: str | Path, num_nodes: int | None = None,
     if not found.all():
         line, column = (int(v) for v in np.argwhere(~found)[0])
         allowed = "the given node ids" if node_ids is not None else f"integer rows 0 .. {num_nodes - 1}"
-        raise ConfigError(f"{path}:{line + 1}: unknown node id {ends[line, column]!r}; allowed: {allowed}")
+        raise ConfigError(f"{path}:{line + 1}: unknown node id {str(ends[line, column])!r}; allowed: {allowed}")
     edge_index = torch.from_numpy(rows.T.astype(np.int64).copy()).reshape(2, -1)
     return edge_index, torch.from_numpy(weight.astype(np.float32))
 
