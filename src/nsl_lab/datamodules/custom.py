@@ -23,13 +23,26 @@ def read_table(path: str | Path, name: str) -> np.ndarray:
         raise ConfigError(f"data.{name}: file {path} does not exist")
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
-    first = path.read_text().split("\n", 1)[0]
+    lines = path.read_text().split("\n")
+    if lines and not lines[-1].strip():
+        lines = lines[:-1]  # the final newline
+    rows = [line.split(",") for line in lines]
+    start = 0 if rows and _numeric_row(rows[0]) else 1  # an optional header row
+    if any(len(row) != len(rows[start]) for row in rows[start:]):
+        raise ConfigError(f"data.{name}: rows of {path} have different numbers of columns")
+    for number, row in enumerate(rows[start:], start + 1):
+        if not _numeric_row(row):
+            raise ConfigError(f"data.{name}: {path}:{number} holds a value that is not a number: {lines[number - 1]!r}")
+    table = np.array([[float(cell) if cell.strip() else np.nan for cell in row] for row in rows[start:]])
+    return table[:, 0] if table.ndim == 2 and table.shape[1] == 1 else table
+
+
+def _numeric_row(cells: list[str]) -> bool:
     try:
-        np.array([float(v) if v.strip() else 0.0 for v in first.split(",")])
-        header = 0
+        [float(cell) for cell in cells if cell.strip()]
     except ValueError:
-        header = 1
-    return np.genfromtxt(path, delimiter=",", skip_header=header, dtype=np.float64, ndmin=1)
+        return False
+    return True
 
 
 class CustomDataModule(SampleDataModule):
@@ -71,7 +84,7 @@ class CustomDataModule(SampleDataModule):
             raise ConfigError("data.labels has no labeled row")
         if (known < 0).any() or (known != np.round(known)).any():
             bad = known[(known < 0) | (known != np.round(known))][0]
-            raise ConfigError(f"data.labels holds {bad!r}; labels must be class ids 0, 1, ... or -1/empty for unlabeled")
+            raise ConfigError(f"data.labels holds {float(bad)!r}; labels must be class ids 0, 1, ... or -1/empty for unlabeled")
         y = np.where(missing, -1, labels).astype(np.int64)
         self.num_features = int(x.shape[1])
         return Samples(x=torch.from_numpy(x), y=torch.from_numpy(y))
