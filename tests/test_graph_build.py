@@ -147,3 +147,16 @@ def test_build_graph_script_writes_tsv_and_pt(tmp_path):
          "--k", "0"], capture_output=True, text=True,
     )
     assert bad.returncode == 2 and "nsl_lab: error: graph.k=0 is not allowed" in bad.stderr
+
+
+def test_planetoid_uses_a_knn_graph_built_from_its_features(data_root, cache_dir):
+    from nsl_lab.datamodules import PlanetoidDataModule
+
+    data = PlanetoidDataModule("Cora", data_dir=str(data_root), cache_dir=str(cache_dir), graph={"kind": "knn", "k": 3})
+    data.setup()
+    assert data.graph.degree.min() >= 3 and data.graph.num_edges < 6 * data.num_nodes
+    natural = PlanetoidDataModule("Cora", data_dir=str(data_root), cache_dir=str(cache_dir), graph="natural")
+    natural.setup()
+    assert natural.graph.num_edges == 10556
+    with pytest.raises(ConfigError, match="data.graph.embedding='tfidf_svd' is not supported"):
+        PlanetoidDataModule("Cora", graph={"kind": "knn", "embedding": "tfidf_svd"})

@@ -135,9 +135,12 @@ class GraphRegularizer(Regularizer):
             weight = torch.where(rows_j >= 0, weight, torch.zeros_like(weight))
             rows_i = seed_rows[:, None].expand_as(rows_j)
             rows_j = rows_j.clamp_min(0)
-        pair_type = labeled[rows_i].long() + labeled[rows_j].long()  # 0 = UU, 1 = LU, 2 = LL
-        alpha = torch.tensor(self.pair_weights, device=weight.device)[pair_type]
-        return rows_i, rows_j, weight * alpha
+        return rows_i, rows_j, weight * self.pair_alpha(labeled[rows_i], labeled[rows_j])
+
+    def pair_alpha(self, seed_labeled: torch.Tensor, neighbor_labeled: torch.Tensor) -> torch.Tensor:
+        """α of each pair from whether its ends are labeled."""
+        pair_type = seed_labeled.long() + neighbor_labeled.long()  # 0 = UU, 1 = LU, 2 = LL
+        return torch.tensor(self.pair_weights, device=pair_type.device)[pair_type]
 
     def neighbor_loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The unscaled, reduced distance term."""
@@ -159,8 +162,7 @@ class GraphRegularizer(Regularizer):
         weight = weight[:, :used]
         if self.seeds == "labeled":
             weight = weight * seed_labeled
-        pair_type = seed_labeled.long() + neighbor_labeled[:, :used].long()
-        weight = weight * torch.tensor(self.pair_weights, device=weight.device)[pair_type]
+        weight = weight * self.pair_alpha(seed_labeled, neighbor_labeled[:, :used])
         needed = torch.zeros(rows, k, dtype=torch.bool, device=weight.device)
         needed[:, :used] = weight != 0
         return weight, needed.reshape(-1)
