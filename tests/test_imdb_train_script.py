@@ -32,3 +32,17 @@ def test_imdb_bad_graph_setting_fails_in_one_line(tmp_path, data_root, cache_dir
     assert completed.returncode == 2 and metrics is None
     errors = [line for line in completed.stderr.splitlines() if line.startswith("nsl_lab: error:")]
     assert errors == ["nsl_lab: error: graph.k=0 is not allowed; it must be an integer >= 1 or null"]
+
+
+def test_sweep_preset_crosses_regularizers_and_label_fractions():
+    from hydra import compose, initialize_config_dir
+
+    from nsl_lab.compose import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=imdb_label_frac"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["regularizer"] == "none,graph_nsl"
+    assert params["data.label_frac"] == "0.01,0.02,0.05,0.1,1.0"
+    assert cfg.backbone._target_ == "nsl_lab.modules.RNNClassifier" and cfg.backbone.bidirectional
+    assert cfg.data._target_ == "nsl_lab.datamodules.IMDBDataModule" and cfg.data.graph.kind == "knn"
