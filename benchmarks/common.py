@@ -1,6 +1,7 @@
 """Shared plumbing for benchmarks: quiet runs, JSON + Markdown output."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,37 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "commit": commit or "uncommitted",
     }
+
+
+def fingerprint(*folders: str) -> str:
+    """A hash of the project's code and configs: cached runs are reused only while it holds."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted((HERE.parent / folder).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".yaml"):
+                digest.update(str(path.relative_to(HERE.parent)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class RunCache:
+    """Finished runs appended to a JSON Lines file, so an interrupted benchmark resumes
+    and several invocations (e.g. one per label setting) can share the work."""
+
+    def __init__(self, name: str, key: str) -> None:
+        RESULTS.mkdir(exist_ok=True)
+        self.path, self.key = RESULTS / f"{name}.runs.jsonl", key
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        self.rows = [row for row in map(json.loads, lines) if row.get("fingerprint") == key]
+
+    def find(self, **match) -> dict | None:
+        return next((r for r in self.rows if all(r.get(k) == v for k, v in match.items())), None)
+
+    def add(self, row: dict) -> None:
+        row = {**row, "fingerprint": self.key}
+        self.rows.append(row)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

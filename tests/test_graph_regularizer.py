@@ -26,9 +26,8 @@ def test_nsl_labeled_seeds_top_k_by_hand():
     regularizer = GraphRegularizer(multiplier=0.1, distance="l2", max_neighbors=2)
     expected = (1.0 * sq(0, 1) + 0.5 * sq(2, 1)) / 2
     assert regularizer.neighbor_loss(LOGITS, batch()).item() == pytest.approx(expected)
-    loss, logs = regularizer(None, batch(), Output(LOGITS, LOGITS))
+    loss, _ = regularizer(None, batch(), Output(LOGITS, LOGITS))
     assert loss.item() == pytest.approx(0.1 * expected)
-    assert logs["graph_loss"].item() == pytest.approx(0.1 * expected)
 
 
 def test_all_seeds_with_pair_type_weights_by_hand():
@@ -109,3 +108,22 @@ def test_contrastive_gradient_is_finite_when_some_rows_have_no_positive():
     b = Batch(x=torch.zeros(3, 1), y=torch.full((3,), -1), index=torch.arange(3), graph=graph)
     NeighborContrastiveRegularizer(hops=1).contrastive_loss(z, torch.arange(3), b).backward()
     assert torch.isfinite(z.grad).all()
+
+
+def test_warmup_ramps_the_multiplier_linearly():
+    class FakeLearner:
+        _trainer = object()
+        current_epoch = 0
+
+    learner = FakeLearner()
+    regularizer = GraphRegularizer(multiplier=2.0, warmup_epochs=4)
+    seen = []
+    for epoch in range(6):
+        learner.current_epoch = epoch
+        seen.append(regularizer.current_multiplier(learner))
+    assert seen == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert regularizer.current_multiplier(None) == 2.0
+    loss, _ = regularizer(learner, batch(), Output(LOGITS, LOGITS))
+    assert loss.item() == pytest.approx(2.0 * regularizer.neighbor_loss(LOGITS, batch()).item())
+    with pytest.raises(ConfigError, match="graph.warmup_epochs=-1"):
+        GraphRegularizer(warmup_epochs=-1)

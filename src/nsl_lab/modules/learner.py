@@ -41,14 +41,15 @@ class StructuredLearner(pl.LightningModule):
         \mathcal{L} = \mathrm{CE}(f(x_L), y_L) + \sum_r \mathcal{R}_r
 
     where each regularizer :math:`\mathcal{R}_r` returns its own scaled term. Logs
-    ``train/supervised_loss``, ``train/<name>_loss`` per regularizer, ``train/loss``,
-    ``val/acc`` and ``test/acc``.
+    ``train/supervised_loss``, ``train/<name>_loss`` per regularizer (its scaled term, under
+    its config name), ``train/loss``, ``val/acc`` and ``test/acc``.
 
     Args:
         backbone: any module following the backbone contract (``embed``, ``head``,
             ``forward(x) -> Output``); see :class:`nsl_lab.modules.FFN`.
         regularizers: regularizers by name (a list works too); empty = plain supervised.
-        num_classes: number of classes, for the accuracy metrics.
+        num_classes: number of classes, for the accuracy metrics (default: the backbone's or
+            the datamodule's ``num_classes``).
         optimizer: a factory ``params -> Optimizer`` (default Adam, lr 1e-3).
         restore_best: keep the weights of the best validation epoch and test those.
     """
@@ -64,18 +65,31 @@ class StructuredLearner(pl.LightningModule):
         super().__init__()
         self.backbone = backbone
         if not isinstance(regularizers, Mapping):
-            regularizers = {f"{r.name}_{i}" if i else r.name: r for i, r in enumerate(regularizers)}
+            named: dict[str, Regularizer] = {}
+            for regularizer in regularizers:  # graph, adversarial, graph_2, ...
+                name = regularizer.name if regularizer.name not in named else f"{regularizer.name}_{len(named) + 1}"
+                named[name] = regularizer
+            regularizers = named
         self.regularizers = nn.ModuleDict(dict(regularizers))
-        num_classes = num_classes or getattr(backbone, "num_classes", None)
-        if num_classes is None:
-            raise ValueError("num_classes is needed when the backbone has no num_classes attribute")
-        self.num_classes = int(num_classes)
+        self.num_classes = num_classes or getattr(backbone, "num_classes", None)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.restore_best = restore_best
-        self.val_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
-        self.test_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
+        if self.num_classes is not None:
+            self._make_metrics()
         self.best_val_acc: float | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
+
+    def _make_metrics(self) -> None:
+        self.num_classes = int(self.num_classes)
+        self.val_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
+        self.test_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
+
+    def setup(self, stage: str) -> None:
+        if self.num_classes is None:  # a plain user module: ask the datamodule
+            self.num_classes = getattr(self.trainer.datamodule, "num_classes", None)
+            if self.num_classes is None:
+                raise ValueError("pass num_classes to StructuredLearner (neither backbone nor datamodule has it)")
+            self._make_metrics()
 
     def forward(self, batch: Batch) -> Output:
         extra = {} if batch.lengths is None else {"lengths": batch.lengths}
@@ -86,11 +100,12 @@ class StructuredLearner(pl.LightningModule):
         loss = supervised_loss(output.logits, batch.y)
         size = max(int(batch.labeled.sum()), 1)
         self.log("train/supervised_loss", loss.detach(), batch_size=size)
-        for regularizer in self.regularizers.values():
+        for name, regularizer in self.regularizers.items():
             term, logs = regularizer(self, batch, output)
             loss = loss + term
+            self.log(f"train/{name}_loss", term.detach(), batch_size=size)
             for key, value in logs.items():
-                self.log(f"train/{key}", value, batch_size=size)
+                self.log(f"train/{name}/{key}", value, batch_size=size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
         return loss
 

@@ -70,6 +70,7 @@ class NeighborContrastiveRegularizer(Regularizer):
         sample_size: rows compared per step (the cost is quadratic in it).
         compare: ``hidden`` (penultimate embedding) or ``logits``.
         normalization: ``row`` (:math:`D^{-1}(A+I)`, Graph-MLP) or ``symmetric``.
+        warmup_epochs: ramp :math:`\lambda` up linearly over these first epochs.
     """
 
     name = "contrastive"
@@ -82,8 +83,9 @@ class NeighborContrastiveRegularizer(Regularizer):
         sample_size: int = 2048,
         compare: str = "hidden",
         normalization: str = "row",
+        warmup_epochs: int = 0,
     ) -> None:
-        super().__init__(multiplier)
+        super().__init__(multiplier, warmup_epochs)
         check_range("contrastive.temperature", temperature, 0.0, low_inclusive=False)
         for key, value in [("hops", hops), ("sample_size", sample_size)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "hops" else 2):
@@ -137,8 +139,8 @@ class NeighborContrastiveRegularizer(Regularizer):
             rows = torch.randperm(n, device=embeddings.device)[: self.sample_size]
         else:
             rows = torch.arange(n, device=embeddings.device)
-        loss = self.multiplier * self.contrastive_loss(embeddings, rows, batch)
-        return loss, {"contrastive_loss": loss.detach()}
+        loss = self.current_multiplier(learner) * self.contrastive_loss(embeddings, rows, batch)
+        return loss, {}
 
     def __repr__(self) -> str:
         return (

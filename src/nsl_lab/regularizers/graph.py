@@ -72,6 +72,7 @@ class GraphRegularizer(Regularizer):
         seeds: ``labeled`` or ``all``.
         compare: ``logits`` or ``hidden``.
         labeled_labeled, labeled_unlabeled, unlabeled_unlabeled: :math:`\alpha` per pair type.
+        warmup_epochs: ramp :math:`\lambda` up linearly over these first epochs.
     """
 
     name = "graph"
@@ -90,8 +91,9 @@ class GraphRegularizer(Regularizer):
         labeled_labeled: float = 1.0,
         labeled_unlabeled: float = 1.0,
         unlabeled_unlabeled: float = 1.0,
+        warmup_epochs: int = 0,
     ) -> None:
-        super().__init__(multiplier)
+        super().__init__(multiplier, warmup_epochs)
         check_distance(distance, transform)
         check_choice("graph.reduction", reduction, REDUCTIONS)
         check_choice("graph.neighbor_sampling", neighbor_sampling, SAMPLING)
@@ -182,17 +184,15 @@ class GraphRegularizer(Regularizer):
         self, learner: "StructuredLearner", batch: Batch, output: Output
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         outputs = output.logits if self.compare == "logits" else output.hidden
+        multiplier = self.current_multiplier(learner)
         if batch.neighbors is not None and batch.neighbor_weight is not None:
             weight, needed = self.packed_pairs(batch)
             if not bool(needed.any()):  # no labeled seed with a neighbour in this batch
-                zero = outputs.sum() * 0.0
-                return zero, {"graph_loss": zero.detach()}
+                return outputs.sum() * 0.0, {}
             neighbor_output = learner(select_rows(batch.neighbors, needed))
             neighbor_outputs = neighbor_output.logits if self.compare == "logits" else neighbor_output.hidden
-            loss = self.multiplier * self.packed_neighbor_loss(outputs, neighbor_outputs, batch, needed, weight)
-            return loss, {"graph_loss": loss.detach()}
-        loss = self.multiplier * self.neighbor_loss(outputs, batch)
-        return loss, {"graph_loss": loss.detach()}
+            return multiplier * self.packed_neighbor_loss(outputs, neighbor_outputs, batch, needed, weight), {}
+        return multiplier * self.neighbor_loss(outputs, batch), {}
 
     def __repr__(self) -> str:
         mode = "full_graph" if self.full_graph else f"max_neighbors={self.max_neighbors}, {self.neighbor_sampling}"
