@@ -85,10 +85,14 @@ def main() -> None:
             rows.append(future.result())
             print(f"{rows[-1]['label_frac']:>5} {rows[-1]['config']:32s} test {rows[-1]['test_acc']:.4f} "
                   f"run {rows[-1]['run_seconds']:.0f}s", flush=True)
-        graph = graph_future.result() if graph_future else None
+            # Rewrite the results after every run, so an interrupted grid still leaves its table.
+            report(rows, graph_future.result() if graph_future and graph_future.done() else None, args)
+        report(rows, graph_future.result() if graph_future else None, args)
 
-    def row(config: str, fraction: str) -> dict:
-        return next(r for r in rows if r["config"] == config and r["label_frac"] == fraction)
+
+def report(rows: list[dict], graph: dict | None, args: argparse.Namespace) -> None:
+    def cell(config: str, fraction: str) -> dict | None:
+        return next((r for r in rows if r["config"] == config and r["label_frac"] == fraction), None)
 
     base, graph_name = CONFIGS
     lines = [
@@ -96,12 +100,13 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for fraction in args.fractions:
-        b, g = row(base, fraction), row(graph_name, fraction)
-        lines.append(
-            f"| {fraction} | {b['n_labeled']:,} | {100 * b['test_acc']:.1f} | {100 * g['test_acc']:.1f} | "
-            f"{100 * (g['test_acc'] - b['test_acc']):+.1f} | {b['run_seconds']:.0f} / {g['run_seconds']:.0f} | "
-            f"{TARGETS.get(fraction, '')} |"
-        )
+        b, g = cell(base, fraction), cell(graph_name, fraction)
+        accuracy = [f"{100 * r['test_acc']:.1f}" if r else "not run" for r in (b, g)]
+        gain = f"{100 * (g['test_acc'] - b['test_acc']):+.1f}" if b and g else ""
+        seconds = " / ".join(f"{r['run_seconds']:.0f}" if r else "-" for r in (b, g))
+        labeled = f"{(b or g)['n_labeled']:,}" if (b or g) else ""
+        lines.append(f"| {fraction} | {labeled} | {accuracy[0]} | {accuracy[1]} | {gain} | {seconds} | "
+                     f"{TARGETS.get(fraction, '')} |")
     graph_line = (
         f"- Graph build (read + tokenise + TF-IDF/SVD 256 + exact top-10 over {graph['nodes']:,} reviews, one thread): "
         f"{graph['seconds']:.1f} s, peak RSS {graph['peak_rss_mb']:.0f} MB, {graph['edges']:,} directed edges"
@@ -111,7 +116,8 @@ def main() -> None:
         "# IMDB: test accuracy (%) against label fraction",
         "",
         f"Seed {args.seed}, test on the 25,000 test reviews, `experiment=imdb_label_frac` with {args.steps} optimizer "
-        f"steps per run (batch 64, 128 tokens, BiLSTM 2 x 32, one thread; {args.jobs} runs at a time on the shared 2-core machine, so wall times include contention). "
+        f"steps per run (batch 64, 128 tokens, BiLSTM 2 x 32, one thread; {args.jobs} runs at a time on the shared "
+        "2-core machine, so wall times include contention). "
         f"Reproduce: `python benchmarks/imdb_label_frac.py --steps {args.steps} --jobs {args.jobs}`",
         "",
         *lines,
