@@ -153,7 +153,7 @@ class GraphRegularizer(Regularizer):
     def packed_pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weights [B, k'], needed [B * k])`` for packed neighbours, ``k' = min(k, max_neighbors)``.
 
-        ``weights`` holds :math:`\alpha w` (0 for padding and, with ``seeds='labeled'``, for
+        ``weights`` holds α·w (0 for padding and, with ``seeds='labeled'``, for
         unlabeled seeds); ``needed`` marks the packed rows (of all ``k`` columns) that carry weight.
         """
         weight = batch.neighbor_weight
