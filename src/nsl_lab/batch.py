@@ -20,6 +20,9 @@ class Batch:
         index: row ids of the samples in their dataset, so a graph can find their neighbours.
         lengths: sequence lengths for padded token inputs.
         graph: the sample graph when ``x`` holds every node of it (full-graph training).
+        neighbors: the graph neighbours' inputs packed into the batch (NSL-style mini-batch
+            graph regularization): a batch of ``B * k`` rows, ``k`` per sample in order.
+        neighbor_weight: ``[B, k]`` edge weights of the packed neighbours, exactly 0 for padding.
     """
 
     x: torch.Tensor
@@ -27,6 +30,8 @@ class Batch:
     index: torch.Tensor
     lengths: torch.Tensor | None = None
     graph: "NeighborGraph | None" = None
+    neighbors: "Batch | None" = None
+    neighbor_weight: torch.Tensor | None = None
 
     @property
     def labeled(self) -> torch.Tensor:

@@ -5,6 +5,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 from nsl_lab.batch import Batch
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
 from nsl_lab.errors import ConfigError, check_choice
+from nsl_lab.graphs.build import GraphSpec, dense_embeddings, similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph
 
 NAMES = ("Cora", "CiteSeer")
@@ -58,7 +60,9 @@ class PlanetoidDataModule(pl.LightningDataModule):
         label_frac: fraction of the training pool that keeps labels, in ``(0, 1]``.
         labels_per_class: alternatively, labeled nodes per class drawn from the pool.
         seed: seed of the label draw.
-        graph: ``natural`` (the citation graph).
+        graph: ``natural`` (the citation graph), ``knn`` or a :class:`~nsl_lab.graphs.build.GraphSpec`
+            mapping such as ``{kind: knn, k: 10, embedding: features}`` (a cosine kNN graph
+            synthesized from the node features, ``features`` or ``pca``, instead of the citations).
         normalize_features: divide each feature row by its sum, as GCN.
         transductive: when false, edges touching validation or test nodes are dropped.
         sparse_features: hand features over as a sparse COO tensor (much faster for
@@ -74,7 +78,7 @@ class PlanetoidDataModule(pl.LightningDataModule):
         label_frac: float | None = None,
         labels_per_class: int | None = None,
         seed: int = 0,
-        graph: str = "natural",
+        graph: "str | dict" = "natural",
         normalize_features: bool = True,
         transductive: bool = True,
         sparse_features: bool = True,
@@ -82,12 +86,18 @@ class PlanetoidDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         check_choice("data.name", name, NAMES)
-        check_choice("data.graph", graph, ("natural",))
+        given = dict(graph) if hasattr(graph, "items") else {}
+        self.graph_spec = GraphSpec.parse(given or graph)
+        check_choice("data.graph.kind", self.graph_spec.kind, ("natural", "knn"))
+        if self.graph_spec.kind == "knn":
+            if "embedding" not in given:  # node features, not GraphSpec's text default
+                self.graph_spec = replace(self.graph_spec, embedding="features")
+            check_choice("data.graph.embedding", self.graph_spec.embedding, ("features", "pca"))
         check_label_setting(label_frac, labels_per_class)
         self.name, self.data_dir = name, Path(data_dir).expanduser()
         self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
         self.label_frac, self.labels_per_class, self.seed = label_frac, labels_per_class, int(seed)
-        self.graph_kind, self.normalize_features = graph, normalize_features
+        self.normalize_features = normalize_features
         self.transductive, self.download = transductive, download
         self.sparse_features = sparse_features
         self._batches: dict[str, Batch] | None = None
@@ -170,11 +180,15 @@ class PlanetoidDataModule(pl.LightningDataModule):
             labeled = stratified_label_subset(
                 labels, ~evaluation, self.seed, self.label_frac, self.labels_per_class
             )
-        edge_index = data.edge_index
+        edge_index, edge_weight = data.edge_index, torch.ones(data.edge_index.shape[1])
+        if self.graph_spec.kind == "knn":
+            spec = self.graph_spec
+            embeddings = dense_embeddings(data.x, spec.embedding, spec.dim, seed=0)
+            edge_index, edge_weight = similarity_graph(embeddings, spec.k, spec.threshold, spec.method, spec.block_size)
         if not self.transductive:
             keep = ~(evaluation[edge_index[0]] | evaluation[edge_index[1]])
-            edge_index = edge_index[:, keep]
-        self.graph = NeighborGraph(edge_index, data.num_nodes)
+            edge_index, edge_weight = edge_index[:, keep], edge_weight[keep]
+        self.graph = NeighborGraph(edge_index, data.num_nodes, edge_weight)
         self.num_features, self.num_classes = int(x.shape[1]), int(labels.max()) + 1
         self.num_nodes, self.n_labeled = int(data.num_nodes), int(labeled.numel())
         self.labeled_index = labeled

@@ -26,6 +26,15 @@ def batch_positions(batch: Batch, graph: NeighborGraph) -> torch.Tensor:
     return position
 
 
+def select_rows(batch: Batch, keep: torch.Tensor) -> Batch:
+    """The rows of ``batch`` where ``keep`` is true (inputs, labels, ids, lengths)."""
+    lengths = None if batch.lengths is None else batch.lengths[keep]
+    x = batch.x[keep]
+    if lengths is not None and lengths.numel():
+        x = x[:, : int(lengths.max())]  # drop padding columns no kept row needs
+    return Batch(x=x, y=batch.y[keep], index=batch.index[keep], lengths=lengths)
+
+
 class GraphRegularizer(Regularizer):
     r"""Neural Structured Learning's graph regularization, plus Neural Graph Machines' seeds.
 
@@ -44,8 +53,13 @@ class GraphRegularizer(Regularizer):
     :math:`\alpha_{c(i,j)}` weighs the pair by whether both, one or neither end is
     labeled (``labeled_labeled``, ``labeled_unlabeled``, ``unlabeled_unlabeled``).
 
-    Neighbour outputs come from the same forward pass: the batch must hold the neighbours
-    (a full-graph batch does); neighbours outside the batch are dropped (weight 0).
+    Neighbour outputs come from the same forward pass when the batch holds the neighbours
+    (a full-graph batch does; neighbours outside the batch are dropped, weight 0). When
+    the datamodule packs neighbours into the batch (``batch.neighbors`` with
+    ``batch.neighbor_weight [B, k]``, NSL's mini-batch scheme), the backbone runs once more
+    on the neighbours that carry weight and the first ``max_neighbors`` columns are compared
+    with the same distance and reduction; which neighbours are packed (top-k or sampled)
+    is then the datamodule's choice.
 
     Args:
         multiplier: :math:`\lambda`.
@@ -123,9 +137,12 @@ class GraphRegularizer(Regularizer):
             weight = torch.where(rows_j >= 0, weight, torch.zeros_like(weight))
             rows_i = seed_rows[:, None].expand_as(rows_j)
             rows_j = rows_j.clamp_min(0)
-        pair_type = labeled[rows_i].long() + labeled[rows_j].long()  # 0 = UU, 1 = LU, 2 = LL
-        alpha = torch.tensor(self.pair_weights, device=weight.device)[pair_type]
-        return rows_i, rows_j, weight * alpha
+        return rows_i, rows_j, weight * self.pair_alpha(labeled[rows_i], labeled[rows_j])
+
+    def pair_alpha(self, seed_labeled: torch.Tensor, neighbor_labeled: torch.Tensor) -> torch.Tensor:
+        """α of each pair from whether its ends are labeled."""
+        pair_type = seed_labeled.long() + neighbor_labeled.long()  # 0 = UU, 1 = LU, 2 = LL
+        return torch.tensor(self.pair_weights, device=pair_type.device)[pair_type]
 
     def neighbor_loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The unscaled, reduced distance term."""
@@ -133,12 +150,49 @@ class GraphRegularizer(Regularizer):
         distance = pairwise_distance(outputs[rows_i], outputs[rows_j], self.distance, self.transform)
         return reduce_weighted(distance, weight, self.reduction)
 
+    def packed_pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weights [B, k'], needed [B * k])`` for packed neighbours, ``k' = min(k, max_neighbors)``.
+
+        ``weights`` holds α·w (0 for padding and, with ``seeds='labeled'``, for
+        unlabeled seeds); ``needed`` marks the packed rows (of all ``k`` columns) that carry weight.
+        """
+        weight = batch.neighbor_weight
+        rows, k = weight.shape
+        neighbor_labeled = batch.neighbors.labeled.reshape(rows, k)
+        used = min(k, self.max_neighbors)
+        seed_labeled = batch.labeled[:, None]
+        weight = weight[:, :used]
+        if self.seeds == "labeled":
+            weight = weight * seed_labeled
+        weight = weight * self.pair_alpha(seed_labeled, neighbor_labeled[:, :used])
+        needed = torch.zeros(rows, k, dtype=torch.bool, device=weight.device)
+        needed[:, :used] = weight != 0
+        return weight, needed.reshape(-1)
+
+    def packed_neighbor_loss(
+        self, outputs: torch.Tensor, neighbor_outputs: torch.Tensor, batch: Batch, needed: torch.Tensor,
+        weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """The unscaled term for packed neighbours; ``neighbor_outputs`` are the ``needed`` rows' outputs."""
+        rows, k = batch.neighbor_weight.shape
+        seed_rows = torch.arange(rows, device=outputs.device).repeat_interleave(k)[needed]
+        distance = outputs.new_zeros(rows * k)
+        distance[needed] = pairwise_distance(outputs[seed_rows], neighbor_outputs, self.distance, self.transform)
+        return reduce_weighted(distance.reshape(rows, k)[:, : weight.shape[1]], weight, self.reduction)
+
     def forward(
         self, learner: "StructuredLearner", batch: Batch, output: Output
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         outputs = output.logits if self.compare == "logits" else output.hidden
-        loss = self.current_multiplier(learner) * self.neighbor_loss(outputs, batch)
-        return loss, {}
+        multiplier = self.current_multiplier(learner)
+        if batch.neighbors is not None and batch.neighbor_weight is not None:
+            weight, needed = self.packed_pairs(batch)
+            if not bool(needed.any()):  # no labeled seed with a neighbour in this batch
+                return outputs.sum() * 0.0, {}
+            neighbor_output = learner(select_rows(batch.neighbors, needed))
+            neighbor_outputs = neighbor_output.logits if self.compare == "logits" else neighbor_output.hidden
+            return multiplier * self.packed_neighbor_loss(outputs, neighbor_outputs, batch, needed, weight), {}
+        return multiplier * self.neighbor_loss(outputs, batch), {}
 
     def __repr__(self) -> str:
         mode = "full_graph" if self.full_graph else f"max_neighbors={self.max_neighbors}, {self.neighbor_sampling}"

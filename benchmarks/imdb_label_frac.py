@@ -1,0 +1,133 @@
+"""BiLSTM base versus graph-regularized on IMDB across label fractions.
+
+    python benchmarks/imdb_label_frac.py                         # the full grid
+    python benchmarks/imdb_label_frac.py --fractions 0.01 1.0 --steps 100 --jobs 1
+
+Each run is ``experiment=imdb_label_frac`` (128 tokens, BiLSTM 2 x 32, a fixed budget of
+optimizer steps, one thread) with ``regularizer=none`` or ``graph_nsl``; test accuracy on
+the 25,000 test reviews. The kNN graph (top-10, TF-IDF + SVD 256) is built once and cached;
+its build time and peak memory are measured first, in a subprocess.
+Writes benchmarks/results/imdb_label_frac.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from common import machine, quiet, write
+
+CONFIGS = {"base BiLSTM": "none", "graph-regularized (graph_nsl)": "graph_nsl"}
+TARGETS = {"1.0": "base >= 86", "0.01": "graph >= base + 10"}
+
+GRAPH_CHILD = r"""
+import json, resource, sys, time, torch
+torch.set_num_threads(1)
+from nsl_lab.datamodules.imdb import IMDBDataModule
+start = time.perf_counter()
+data = IMDBDataModule(data_dir=sys.argv[1], cache_dir=sys.argv[2], max_len=128)
+data.setup()
+print(json.dumps({"seconds": time.perf_counter() - start, "edges": data.graph.num_edges,
+                  "nodes": data.num_train_reviews,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure_graph_build(data_dir: str) -> dict:
+    """Reads IMDB, embeds the training reviews (TF-IDF + SVD) and builds the graph, uncached."""
+    with tempfile.TemporaryDirectory() as cache:
+        completed = subprocess.run([sys.executable, "-c", GRAPH_CHILD, data_dir, cache], capture_output=True,
+                                   text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def run_one(fraction: str, name: str, seed: int, steps: int, run_dir: str) -> dict:
+    quiet()
+    from nsl_lab.compose import run_overrides
+
+    start = time.perf_counter()
+    metrics = run_overrides(
+        ["experiment=imdb_label_frac", f"regularizer={CONFIGS[name]}", f"data.label_frac={fraction}", f"seed={seed}",
+         f"trainer.max_steps={steps}", "logger=none", "trainer.enable_progress_bar=false"],
+        run_dir,
+    )
+    return {"config": name, "label_frac": fraction, "test_acc": metrics["test/acc"], "val_acc": metrics["val/acc"],
+            "n_labeled": metrics["n_labeled"], "fit_seconds": metrics["fit_seconds"],
+            "run_seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fractions", nargs="+", default=["0.01", "0.02", "0.05", "0.1", "1.0"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    parser.add_argument("--skip-graph-timing", action="store_true")
+    args = parser.parse_args()
+    quiet()
+
+    data_dir = os.environ["NSL_LAB_DATA"]
+    settings = [(fraction, name) for fraction in args.fractions for name in CONFIGS]
+    # Separate processes: each run has its own one-thread torch and its own peak memory.
+    with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        graph_future = None if args.skip_graph_timing else pool.submit(measure_graph_build, data_dir)
+        futures = [pool.submit(run_one, fraction, name, args.seed, args.steps, str(Path(scratch) / str(i)))
+                   for i, (fraction, name) in enumerate(settings)]
+        rows = []
+        for future in futures:
+            rows.append(future.result())
+            print(f"{rows[-1]['label_frac']:>5} {rows[-1]['config']:32s} test {rows[-1]['test_acc']:.4f} "
+                  f"run {rows[-1]['run_seconds']:.0f}s", flush=True)
+            # Rewrite the results after every run, so an interrupted grid still leaves its table.
+            report(rows, graph_future.result() if graph_future and graph_future.done() else None, args)
+        report(rows, graph_future.result() if graph_future else None, args)
+
+
+def report(rows: list[dict], graph: dict | None, args: argparse.Namespace) -> None:
+    def cell(config: str, fraction: str) -> dict | None:
+        return next((r for r in rows if r["config"] == config and r["label_frac"] == fraction), None)
+
+    base, graph_name = CONFIGS
+    lines = [
+        "| label_frac | labeled reviews | base BiLSTM | graph-regularized | gain (points) | wall time base / graph (s) | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for fraction in args.fractions:
+        b, g = cell(base, fraction), cell(graph_name, fraction)
+        accuracy = [f"{100 * r['test_acc']:.1f}" if r else "not run" for r in (b, g)]
+        gain = f"{100 * (g['test_acc'] - b['test_acc']):+.1f}" if b and g else ""
+        seconds = " / ".join(f"{r['run_seconds']:.0f}" if r else "-" for r in (b, g))
+        labeled = f"{(b or g)['n_labeled']:,}" if (b or g) else ""
+        lines.append(f"| {fraction} | {labeled} | {accuracy[0]} | {accuracy[1]} | {gain} | {seconds} | "
+                     f"{TARGETS.get(fraction, '')} |")
+    graph_line = (
+        f"- Graph build (read + tokenise + TF-IDF/SVD 256 + exact top-10 over {graph['nodes']:,} reviews, one thread): "
+        f"{graph['seconds']:.1f} s, peak RSS {graph['peak_rss_mb']:.0f} MB, {graph['edges']:,} directed edges"
+        if graph else "- Graph build: not measured in this run"
+    )
+    markdown = "\n".join([
+        "# IMDB: test accuracy (%) against label fraction",
+        "",
+        f"Seed {args.seed}, test on the 25,000 test reviews, `experiment=imdb_label_frac` with {args.steps} optimizer "
+        f"steps per run (batch 64, 128 tokens, BiLSTM 2 x 32, one thread; {args.jobs} runs at a time on the shared "
+        "2-core machine, so wall times include contention). "
+        f"Reproduce: `python benchmarks/imdb_label_frac.py --steps {args.steps} --jobs {args.jobs}`",
+        "",
+        *lines,
+        "",
+        graph_line,
+        f"- Machine: {machine()}",
+        "",
+    ])
+    write("imdb_label_frac", {"runs": rows, "graph_build": graph, "machine": machine(), "args": vars(args)}, markdown)
+
+
+if __name__ == "__main__":
+    main()

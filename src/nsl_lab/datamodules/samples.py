@@ -1,0 +1,189 @@
+"""Mini-batch datamodules over a table of samples with an optional sample graph.
+
+The shared part of the IMDB and bring-your-own-data datamodules: splits (a test set given
+or carved, a validation set carved from training, ``label_frac`` on the rest), loaders,
+and NSL-style neighbour packing, where each training batch carries the inputs of every
+sample's top-``k`` graph neighbours.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from nsl_lab.batch import Batch
+from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
+from nsl_lab.datamodules.planetoid import default_cache_dir
+from nsl_lab.errors import ConfigError, check_range
+from nsl_lab.graphs.build import GraphSpec, load_graph, save_graph, similarity_graph
+from nsl_lab.graphs.neighbors import SAMPLING, NeighborGraph
+
+
+@dataclass
+class Samples:
+    """Every sample of a dataset: inputs, labels (``-1`` = none) and, when given, the test rows."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    lengths: torch.Tensor | None = None
+    test_index: torch.Tensor | None = None
+
+
+def carve(rows: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rest, carved)``: a seeded random ``fraction`` of ``rows`` split off (sorted)."""
+    order = rows[torch.randperm(rows.numel(), generator=generator)]
+    count = int(round(fraction * rows.numel()))
+    return order[count:].sort().values, order[:count].sort().values
+
+
+class SampleDataModule(pl.LightningDataModule):
+    """Base class: subclasses implement :meth:`load_samples` and :meth:`build_graph`.
+
+    Splits: the test rows are ``Samples.test_index`` or a seeded ``test_frac`` of the
+    labeled rows; ``val_frac`` of the remaining labeled rows is validation; ``label_frac``
+    (stratified, seeded) of the rest keeps its labels. Training batches hold the labeled
+    training rows and, with ``include_unlabeled``, every other non-evaluation row with
+    ``y = -1`` (seeds for ``seeds: all``). Validation and test labels are never seen in
+    training, but those rows stay graph nodes (transductive, features only).
+
+    With ``neighbors = k > 0`` and a graph, each training batch packs the inputs of each
+    sample's ``k`` neighbours (``neighbor_sampling``: ``top_k`` by weight or ``uniform``)
+    as ``batch.neighbors`` plus ``batch.neighbor_weight [B, k]`` (0 = padding).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | None = None,
+        label_frac: float | None = None,
+        val_frac: float = 0.1,
+        test_frac: float = 0.2,
+        seed: int = 0,
+        graph: "str | dict | GraphSpec | None" = None,
+        neighbors: int = 0,
+        neighbor_sampling: str = "top_k",
+        include_unlabeled: bool = False,
+        batch_size: int = 64,
+        eval_batch_size: int = 512,
+    ) -> None:
+        super().__init__()
+        check_label_setting(label_frac, None)
+        check_range("data.val_frac", val_frac, 0.0, 1.0, high_inclusive=False)
+        check_range("data.test_frac", test_frac, 0.0, 1.0, high_inclusive=False)
+        check_range("data.neighbors", neighbors, 0)
+        check_range("data.batch_size", batch_size, 1)
+        check_range("data.eval_batch_size", eval_batch_size, 1)
+        if neighbor_sampling not in SAMPLING:
+            raise ConfigError(f"data.neighbor_sampling={neighbor_sampling!r} is not supported; allowed: {SAMPLING}")
+        self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
+        self.label_frac, self.val_frac, self.test_frac, self.seed = label_frac, val_frac, test_frac, int(seed)
+        self.graph_spec = GraphSpec.parse(dict(graph) if hasattr(graph, "items") else graph)
+        self.num_neighbors, self.neighbor_sampling = int(neighbors), neighbor_sampling
+        self.include_unlabeled = bool(include_unlabeled)
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.graph: NeighborGraph | None = None
+        self._ready = False
+
+    # -- for subclasses ------------------------------------------------------------------
+    def load_samples(self) -> Samples:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def build_graph(self, samples: Samples) -> NeighborGraph | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def cached_similarity_graph(self, name: str, embed, num_nodes: int, **context) -> NeighborGraph:
+        """A knn graph from ``embed()`` (called only on a cache miss), cached under its parameters."""
+        spec = self.graph_spec
+        path = self.cache_dir / "graphs" / f"{name}-{spec.key(num_nodes=num_nodes, **context)}.pt"
+        if path.is_file():
+            edge_index, edge_weight, _, _ = load_graph(path)
+        else:
+            embeddings = embed()
+            edge_index, edge_weight = similarity_graph(
+                embeddings, spec.k, spec.threshold, spec.method, spec.block_size, progress=True
+            )
+            save_graph(path, edge_index, edge_weight, len(embeddings), {**vars(spec), **context})
+        # The embedded rows are the first samples; any later ones (e.g. test rows) stay isolated.
+        return NeighborGraph(edge_index, num_nodes, edge_weight)
+
+    # -- splits --------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        samples = self.load_samples()
+        generator = torch.Generator().manual_seed(self.seed)
+        y = samples.y.long()
+        has_label = y >= 0
+        if samples.test_index is None:
+            pool, test = carve(has_label.nonzero().flatten(), self.test_frac, generator)
+        else:
+            test = samples.test_index
+            is_test = torch.zeros_like(has_label)
+            is_test[test] = True
+            pool = (has_label & ~is_test).nonzero().flatten()
+        train_pool, val = carve(pool, self.val_frac, generator)
+        if train_pool.numel() == 0:
+            raise ConfigError("no labeled training samples are left after the validation and test splits")
+        if self.label_frac is None or self.label_frac == 1.0:
+            labeled = train_pool
+        else:
+            labeled = stratified_label_subset(y, train_pool, self.seed, self.label_frac)
+        evaluation = torch.zeros_like(has_label)
+        evaluation[val], evaluation[test] = True, True
+        if self.include_unlabeled:
+            train_rows = (~evaluation).nonzero().flatten()
+        else:
+            train_rows = labeled
+        self.samples = samples
+        self.y_train = torch.full_like(y, -1)
+        self.y_train[labeled] = y[labeled]
+        self.y_val = torch.full_like(y, -1)
+        self.y_val[val] = y[val]
+        self.y_test = torch.full_like(y, -1)
+        self.y_test[test] = y[test]
+        self.rows = {"train": train_rows, "val": val, "test": test}
+        self.labeled_index, self.n_labeled = labeled, int(labeled.numel())
+        self.num_classes = int(y.max()) + 1
+        self.graph = self.build_graph(samples)
+        self._ready = True
+
+    # -- batches -------------------------------------------------------------------------
+    def rows_batch(self, index: torch.Tensor, y: torch.Tensor) -> Batch:
+        lengths = None if self.samples.lengths is None else self.samples.lengths[index]
+        x = self.samples.x[index]
+        if lengths is not None and lengths.numel():
+            x = x[:, : int(lengths.max())]  # padding beyond the longest row is dead weight
+        return Batch(x=x, y=y[index], index=index, lengths=lengths)
+
+    def collate(self, items: list[torch.Tensor], stage: str, generator: torch.Generator | None = None) -> Batch:
+        index = torch.stack(items).long()
+        labels = {"train": self.y_train, "val": self.y_val, "test": self.y_test}[stage]
+        batch = self.rows_batch(index, labels)
+        if stage == "train" and self.num_neighbors and self.graph is not None:
+            ids, weight = self.graph.neighbors(index, self.num_neighbors, self.neighbor_sampling, generator)
+            # Padding slots point at the sample itself; their weight is exactly 0.
+            ids = torch.where(ids >= 0, ids, index[:, None])
+            batch.neighbors = self.rows_batch(ids.reshape(-1), self.y_train)
+            batch.neighbor_weight = weight
+        return batch
+
+    def _loader(self, stage: str) -> DataLoader:
+        train = stage == "train"
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        sampler_generator = torch.Generator().manual_seed(self.seed + 1) if train else None
+        return DataLoader(
+            self.rows[stage], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            generator=generator, collate_fn=partial(self.collate, stage=stage, generator=sampler_generator),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,162 @@
+"""Graph building against brute force, file round trips and the build_graph script."""
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import REPO
+from nsl_lab.errors import ConfigError
+from nsl_lab.graphs.build import (
+    GraphSpec, load_graph, read_tsv, save_graph, similarity_graph, symmetrize, write_tsv,
+)
+
+
+def brute_force(x: np.ndarray, k: int | None, threshold: float | None) -> dict[tuple[int, int], float]:
+    """Every pair's cosine; i picks its k best others (and/or those >= threshold); union of directions."""
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    n = len(x)
+    edges = {}
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        chosen = sorted(others, key=lambda j: -similarity[i, j])[:k] if k is not None else others
+        for j in chosen:
+            if threshold is None or similarity[i, j] >= threshold:
+                edges[(i, j)] = edges[(j, i)] = float(similarity[i, j])
+    return edges
+
+
+def as_dict(edge_index: torch.Tensor, weight: torch.Tensor) -> dict[tuple[int, int], float]:
+    return {(int(s), int(t)): float(w) for (s, t), w in zip(edge_index.T.tolist(), weight)}
+
+
+@pytest.mark.parametrize("k, threshold", [(3, None), (None, 0.3), (4, 0.1), (1, None)])
+@pytest.mark.parametrize("block_size", [7, 1000])
+def test_exact_graph_equals_brute_force(k, threshold, block_size):
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    edge_index, weight = similarity_graph(x, k=k, threshold=threshold, block_size=block_size)
+    got, expected = as_dict(edge_index, weight), brute_force(x, k, threshold)
+    assert got.keys() == expected.keys()
+    assert np.allclose([got[e] for e in expected], list(expected.values()), atol=1e-5)
+
+
+def test_faiss_hnsw_finds_the_exact_neighbours_on_small_data():
+    x = np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32)
+    exact = set(as_dict(*similarity_graph(x, k=5)))
+    approximate = set(as_dict(*similarity_graph(x, k=5, method="faiss_hnsw")))
+    assert len(exact & approximate) / len(exact) >= 0.95
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 30), k=st.integers(1, 6), seed=st.integers(0, 10_000))
+def test_graph_is_symmetric_without_self_loops(n, k, seed):
+    x = np.random.default_rng(seed).standard_normal((n, 4)).astype(np.float32)
+    edge_index, weight = similarity_graph(x, k=k, block_size=5)
+    edges = as_dict(edge_index, weight)
+    assert all(s != t for s, t in edges)
+    assert all(edges[(t, s)] == w for (s, t), w in edges.items())
+    # every node keeps at least min(k, n - 1) neighbours
+    assert torch.bincount(edge_index[0], minlength=n).min() >= min(k, n - 1)
+
+
+def test_symmetrize_merges_both_directions_once():
+    edge_index, weight = symmetrize(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([0.5, 0.5]), 3)
+    assert edge_index.tolist() == [[0, 1], [1, 0]] and weight.tolist() == [0.5, 0.5]
+
+
+def test_tsv_round_trip_with_and_without_node_ids(tmp_path):
+    x = np.random.default_rng(2).standard_normal((25, 5)).astype(np.float32)
+    edge_index, weight = similarity_graph(x, k=3)
+    write_tsv(tmp_path / "g.tsv", edge_index, weight)
+    read_index, read_weight = read_tsv(tmp_path / "g.tsv", num_nodes=25)
+    assert torch.equal(read_index, edge_index) and torch.allclose(read_weight, weight, atol=1e-6)
+    names = [f"review_{i}" for i in range(25)]
+    write_tsv(tmp_path / "named.tsv", edge_index, weight, names)
+    first = (tmp_path / "named.tsv").read_text().splitlines()[0].split("\t")
+    assert first[0] == names[int(edge_index[0, 0])] and len(first) == 3
+    shuffled = names[::-1]  # rows are looked up by id, not by position in the file
+    read_index, _ = read_tsv(tmp_path / "named.tsv", node_ids=shuffled)
+    assert torch.equal(24 - read_index, edge_index)
+
+
+def test_tsv_without_weights_defaults_to_one(tmp_path):
+    (tmp_path / "g.tsv").write_text("0\t1\n1\t2\t0.5\n")
+    edge_index, weight = read_tsv(tmp_path / "g.tsv", num_nodes=3)
+    assert edge_index.tolist() == [[0, 1], [1, 2]] and weight.tolist() == [1.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0\t1\t0.5\n0\t7\t1\n", "g.tsv:2: unknown node id '7'; allowed: integer rows 0 .. 2"),
+        ("0\t1\tnan\n", "g.tsv:1: NaN edge weight 'nan'"),
+        ("0\t1\t-0.5\n", "g.tsv:1: negative edge weight '-0.5'"),
+        ("0 1 0.5\n", "g.tsv:1: expected 'source<TAB>target[<TAB>weight]'"),
+    ],
+)
+def test_bad_tsv_fails_with_the_line(tmp_path, text, message):
+    (tmp_path / "g.tsv").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_tsv(tmp_path / "g.tsv", num_nodes=3)
+
+
+def test_saved_graph_keeps_parameters(tmp_path):
+    edge_index, weight = similarity_graph(np.eye(4, dtype=np.float32) + 0.1, k=2)
+    save_graph(tmp_path / "g.pt", edge_index, weight, 4, {"k": 2, "threshold": None})
+    loaded_index, loaded_weight, num_nodes, params = load_graph(tmp_path / "g.pt")
+    assert torch.equal(loaded_index, edge_index) and torch.equal(loaded_weight, weight)
+    assert num_nodes == 4 and params == {"k": 2, "threshold": None}
+
+
+@pytest.mark.parametrize(
+    "settings_, message",
+    [
+        ({"kind": "knn", "k": None, "threshold": None}, "graph.k and graph.threshold are both null"),
+        ({"kind": "knn", "k": 0}, "graph.k=0 is not allowed"),
+        ({"kind": "knn", "threshold": 1.5}, "graph.threshold=1.5 is out of range"),
+        ({"kind": "knn", "k": None, "threshold": 0.5, "method": "faiss_hnsw"}, "set graph.k"),
+        ({"kind": "knn", "kk": 3}, "data.graph.kk is not a graph setting"),
+        ({"kind": "tsv"}, "needs data.graph.path"),
+        ("grid", "data.graph='grid' is not supported"),
+    ],
+)
+def test_bad_graph_settings(settings_, message):
+    with pytest.raises(ConfigError, match=message):
+        GraphSpec.parse(settings_)
+
+
+def test_build_graph_script_writes_tsv_and_pt(tmp_path):
+    x = np.random.default_rng(3).standard_normal((30, 4)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", x)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_graph.py"), str(tmp_path / "emb.npy"), str(tmp_path / "g.tsv"),
+         "--k", "3", "--pt", str(tmp_path / "g.pt")],
+        capture_output=True, text=True, check=True,
+    )
+    assert "30 nodes" in completed.stdout
+    edge_index, weight = read_tsv(tmp_path / "g.tsv", num_nodes=30)
+    assert as_dict(edge_index, weight).keys() == brute_force(x, 3, None).keys()
+    assert load_graph(tmp_path / "g.pt")[3]["k"] == 3
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_graph.py"), str(tmp_path / "emb.npy"), str(tmp_path / "h.tsv"),
+         "--k", "0"], capture_output=True, text=True,
+    )
+    assert bad.returncode == 2 and "nsl_lab: error: graph.k=0 is not allowed" in bad.stderr
+
+
+def test_planetoid_uses_a_knn_graph_built_from_its_features(data_root, cache_dir):
+    from nsl_lab.datamodules import PlanetoidDataModule
+
+    data = PlanetoidDataModule("Cora", data_dir=str(data_root), cache_dir=str(cache_dir), graph={"kind": "knn", "k": 3})
+    data.setup()
+    assert data.graph.degree.min() >= 3 and data.graph.num_edges < 6 * data.num_nodes
+    natural = PlanetoidDataModule("Cora", data_dir=str(data_root), cache_dir=str(cache_dir), graph="natural")
+    natural.setup()
+    assert natural.graph.num_edges == 10556
+    with pytest.raises(ConfigError, match="data.graph.embedding='tfidf_svd' is not supported"):
+        PlanetoidDataModule("Cora", graph={"kind": "knn", "embedding": "tfidf_svd"})

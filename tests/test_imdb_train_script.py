@@ -1,0 +1,48 @@
+"""A short end-to-end IMDB run (a small subset) through scripts/train.py."""
+import csv
+
+import pytest
+
+from conftest import run_train
+
+SMALL = ["experiment=imdb_label_frac", "data.train_size=240", "data.test_size=100", "data.max_len=40",
+         "data.vocab_size=2000", "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "data.batch_size=16",
+         "logger=none"]
+
+
+@pytest.mark.slow
+def test_imdb_graph_regularized_run(tmp_path, data_root, cache_dir):
+    run_dir = tmp_path / "run"
+    _, metrics = run_train([*SMALL, "data.label_frac=0.5", "regularizer=graph_nsl", "logger=csv"], run_dir, cache_dir, data_root)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["seed"] == 0
+    # 90% of 240 reviews train, half of them keep labels (stratified per class)
+    assert 106 <= metrics["n_labeled"] <= 110
+    resolved = (run_dir / "config_resolved.yaml").read_text()
+    assert "RNNClassifier" in resolved and "kind: knn" in resolved
+    # the packed neighbours reached the regularizer: a graph loss was logged and is non-zero
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    graph_losses = [float(r["train/graph_loss"]) for r in rows if r.get("train/graph_loss")]
+    assert graph_losses and max(graph_losses) > 0
+    assert list((cache_dir / "graphs").glob("imdb-*.pt"))
+
+
+@pytest.mark.slow
+def test_imdb_bad_graph_setting_fails_in_one_line(tmp_path, data_root, cache_dir):
+    completed, metrics = run_train([*SMALL, "data.graph.k=0"], tmp_path / "run", cache_dir, data_root, check=False)
+    assert completed.returncode == 2 and metrics is None
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("nsl_lab: error:")]
+    assert errors == ["nsl_lab: error: graph.k=0 is not allowed; it must be an integer >= 1 or null"]
+
+
+def test_sweep_preset_crosses_regularizers_and_label_fractions():
+    from hydra import compose, initialize_config_dir
+
+    from nsl_lab.compose import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=imdb_label_frac"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["regularizer"] == "none,graph_nsl"
+    assert params["data.label_frac"] == "0.01,0.02,0.05,0.1,1.0"
+    assert cfg.backbone._target_ == "nsl_lab.modules.RNNClassifier" and cfg.backbone.bidirectional
+    assert cfg.data._target_ == "nsl_lab.datamodules.IMDBDataModule" and cfg.data.graph.kind == "knn"
