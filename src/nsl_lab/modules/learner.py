@@ -26,6 +26,16 @@ def as_output(result: Output | torch.Tensor) -> Output:
     raise TypeError(f"a backbone must return logits or nsl_lab.Output, got {type(result).__name__}")
 
 
+def embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's continuous input embedding (the identity for a plain module)."""
+    return backbone.embed(x) if hasattr(backbone, "embed") else x
+
+
+def head(backbone: nn.Module, z: torch.Tensor, **extra: object) -> Output:
+    """The backbone's output from an input embedding (a plain module takes ``z`` as input)."""
+    return as_output(backbone.head(z, **extra) if hasattr(backbone, "head") else backbone(z, **extra))
+
+
 def supervised_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the labeled samples (``y >= 0``); 0 when none is labeled."""
     labeled = y >= 0
@@ -66,6 +76,8 @@ class StructuredLearner(pl.LightningModule):
         if not isinstance(regularizers, Mapping):
             regularizers = {f"{r.name}_{i}" if i else r.name: r for i, r in enumerate(regularizers)}
         self.regularizers = nn.ModuleDict(dict(regularizers))
+        # Perturbing regularizers differentiate the clean loss w.r.t. the input embedding.
+        self.keep_embedding = any(getattr(r, "needs_embedding", False) for r in self.regularizers.values())
         num_classes = num_classes or getattr(backbone, "num_classes", None)
         if num_classes is None:
             raise ValueError("num_classes is needed when the backbone has no num_classes attribute")
@@ -81,8 +93,18 @@ class StructuredLearner(pl.LightningModule):
         extra = {} if batch.lengths is None else {"lengths": batch.lengths}
         return as_output(self.backbone(batch.x, **extra))
 
+    def forward_with_embedding(self, batch: Batch) -> Output:
+        """``forward`` through ``embed`` then ``head``, keeping :math:`z` on the output with
+        ``requires_grad`` so a regularizer can take the clean loss's gradient w.r.t. it
+        (raw features and pixels become a leaf; a learned embedding stays in the graph)."""
+        extra = {} if batch.lengths is None else {"lengths": batch.lengths}
+        z = embed(self.backbone, batch.x)
+        if not z.requires_grad and z.is_floating_point() and not z.is_sparse:
+            z = z.detach().requires_grad_(True)
+        return head(self.backbone, z, **extra)._replace(embedding=z)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        output = self(batch)
+        output = self.forward_with_embedding(batch) if self.keep_embedding else self(batch)
         loss = supervised_loss(output.logits, batch.y)
         size = max(int(batch.labeled.sum()), 1)
         self.log("train/supervised_loss", loss.detach(), batch_size=size)
