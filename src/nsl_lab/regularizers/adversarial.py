@@ -30,8 +30,8 @@ class AdversarialRegularizer(Regularizer):
     ``[clip_value_min, clip_value_max]``; ``feature_mask`` zeroes coordinates that must not
     move, non-finite gradient entries count as 0 and :math:`\operatorname{sg}` stops the
     gradient through :math:`\delta`. The first step reuses the gradient of the clean loss
-    computed by the learner's forward pass, so one step (FGSM) costs one extra forward and
-    backward. Perturbation passes use batch statistics but leave batch norm running
+    that the learner's backward pass computes together with the parameters' gradients
+    (``Output.embedding_grad``), so one step (FGSM) costs one extra forward and backward. Perturbation passes use batch statistics but leave batch norm running
     statistics untouched.
 
     Args:
@@ -78,21 +78,24 @@ class AdversarialRegularizer(Regularizer):
 
         backbone = learner.backbone
         extra = {} if batch.lengths is None else {"lengths": batch.lengths}
-        z, logits = output.embedding, output.logits
+        z, clean_grad = output.embedding, output.embedding_grad
         if z is None or z.is_sparse or not z.requires_grad:
             # No usable embedding from the learner (e.g. sparse features): one more clean pass.
             z = embed(backbone, batch.x)
             z = (z.to_dense() if z.is_sparse else z).detach().requires_grad_(True)
-            logits = head(backbone, z, **extra).logits
-        (clean_grad,) = torch.autograd.grad(supervised_loss(logits, batch.y), z, retain_graph=True)
+            clean_grad = None
+            output = head(backbone, z, **extra)
+        if clean_grad is None:  # called outside the learner's training step
+            (clean_grad,) = torch.autograd.grad(supervised_loss(output.logits, batch.y), z, retain_graph=True)
 
         def loss_at(point: torch.Tensor) -> torch.Tensor:
             return supervised_loss(head(backbone, point, **extra).logits, batch.y)
 
         with frozen_batch_norm_statistics(backbone):
             delta = self.ascent.perturbation(z, loss_at, first_grad=clean_grad)
-            # z keeps its graph (a learned embedding trains through both terms); delta does not.
-            return loss_at(z + delta)
+            # A learned embedding trains through both terms (z keeps its graph); raw inputs need
+            # no gradient here, and delta never carries one.
+            return loss_at((z if z.grad_fn is not None else z.detach()) + delta)
 
     def forward(
         self, learner: "StructuredLearner", batch: Batch, output: Output
