@@ -82,7 +82,7 @@ def test_cifar10_normalisation_and_label_frac(tmp_path):
     assert data.n_labeled < 25
     x = data._stages["val"][0]
     normalised = data.transform(x, train=False)
-    expected = (x.float() / 255 - torch.tensor(data.mean)[:, None, None]) / torch.tensor(data.std)[:, None, None]
+    expected = (x.float() / 255 - data.mean[:, None, None]) / data.std[:, None, None]
     assert torch.allclose(normalised, expected, atol=1e-6)
 
 
