@@ -6,7 +6,8 @@ from torch import nn
 
 from nsl_lab import AdversarialRegularizer, Batch, Output, StructuredLearner
 from nsl_lab.errors import ConfigError
-from nsl_lab.modules import CNN
+from nsl_lab.modules import CNN, ResNet
+from nsl_lab.regularizers import Regularizer
 
 
 class CountingLinear(nn.Module):
@@ -64,11 +65,11 @@ Y = torch.tensor([0, 1, -1])  # the third sample is unlabeled
 def hand_loss(weight, x, y, multiplier, step, norm):
     labeled = y >= 0
     xl, yl = x[labeled], y[labeled]
-    w = weight.clone().requires_grad_(False)
     point = xl.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(F.cross_entropy(point @ w.T, yl), point)
+    (g,) = torch.autograd.grad(F.cross_entropy(point @ weight.detach().T, yl), point)
     direction = g.sign() if norm == "linf" else g / g.norm(dim=1, keepdim=True)
-    return F.cross_entropy(xl @ w.T, yl) + multiplier * F.cross_entropy((xl + step * direction) @ w.T, yl)
+    # The perturbation is a constant: gradients reach the weights only through the two losses.
+    return F.cross_entropy(xl @ weight.T, yl) + multiplier * F.cross_entropy((xl + step * direction) @ weight.T, yl)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -108,6 +109,27 @@ def test_no_gradient_flows_through_the_perturbation():
     assert torch.allclose(got, w.grad, atol=1e-6)
 
 
+class LogitNorm(Regularizer):
+    """A second regularizer that backpropagates through the clean logits."""
+
+    name = "logit_norm"
+
+    def forward(self, learner, batch, output):
+        return self.multiplier * output.logits.pow(2).mean(), {}
+
+
+def test_combined_with_a_regularizer_on_the_clean_logits_gives_the_summed_gradient():
+    combined = CountingLinear(WEIGHT)
+    learner = StructuredLearner(combined, [AdversarialRegularizer(multiplier=0.5, adv_step_size=0.1),
+                                           LogitNorm(0.3)])
+    learner.log = lambda *args, **kwargs: None
+    learner.training_step(batch_of(X, Y), 0).backward()
+    w = WEIGHT.clone().requires_grad_(True)
+    expected = hand_loss(w, X, Y, 0.5, 0.1, "l2") + 0.3 * (X @ w.T).pow(2).mean()
+    expected.backward()
+    assert torch.allclose(combined.linear.weight.grad, w.grad, atol=1e-6)
+
+
 def test_clipping_and_zero_mask():
     backbone = CountingLinear(WEIGHT)
     regularizer = AdversarialRegularizer(multiplier=1.0, adv_step_size=5.0, adv_grad_norm="linf",
@@ -139,10 +161,12 @@ def test_token_ids_are_perturbed_in_embedding_space_and_embeddings_train():
     assert backbone.embedding.weight.grad is not None and backbone.embedding.weight.grad.abs().sum() > 0
 
 
-def test_batch_norm_running_statistics_see_only_the_clean_pass():
+@pytest.mark.parametrize("make", [lambda: CNN(1, 10, channels=[4], hidden_size=0),
+                                  lambda: ResNet(1, 10, widths=[4, 8])], ids=["cnn", "resnet"])
+def test_batch_norm_running_statistics_see_only_the_clean_pass(make):
     torch.manual_seed(0)
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    backbones = [CNN(1, 10, channels=[4], hidden_size=0) for _ in range(2)]
+    backbones = [make() for _ in range(2)]
     backbones[1].load_state_dict(backbones[0].state_dict())
     reference, regularized = backbones
     reference.train()(x)  # clean pass only
