@@ -120,6 +120,8 @@ def test_bad_settings_fail_with_names():
         SteepestAscent(norm="l3")
     with pytest.raises(ConfigError, match=r"random_init=True needs"):
         SteepestAscent(random_init=True)
+    with pytest.raises(ConfigError, match=r"feature_mask of shape \(3,\) does not broadcast against one input of shape \(4,\)"):
+        SteepestAscent(feature_mask=[1.0, 0.0, 1.0]).perturbation(torch.zeros(2, 4), lambda p: p.sum())
 
 
 EPS = st.floats(0.01, 1.0)

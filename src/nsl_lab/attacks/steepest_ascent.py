@@ -154,6 +154,18 @@ class SteepestAscent:
         self.norm, self.step_size, self.steps, self.epsilon = norm, float(step_size), steps, epsilon
         self.random_init, self.clip_min, self.clip_max = bool(random_init), clip_min, clip_max
         self.feature_mask = None if feature_mask is None else torch.as_tensor(feature_mask, dtype=torch.float32)
+        self.prefix = prefix
+
+    def check_mask(self, x: torch.Tensor) -> None:
+        """The mask must broadcast against one example of ``x``."""
+        shape = tuple(x.shape[1:])
+        try:
+            fits = torch.broadcast_shapes(tuple(self.feature_mask.shape), shape) == shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ConfigError(f"{self.prefix}feature_mask of shape {tuple(self.feature_mask.shape)} does not "
+                              f"broadcast against one input of shape {shape}")
 
     def clip(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """``delta`` such that ``x + delta`` stays in ``[clip_min, clip_max]`` (never grows it)."""
@@ -190,6 +202,8 @@ class SteepestAscent:
         forward/backward beyond the adversarial pass); it is ignored with ``random_init``.
         """
         x = x.detach()
+        if self.feature_mask is not None:
+            self.check_mask(x)
         delta = self.start(x, generator)
         for iteration in range(self.steps):
             if iteration == 0 and first_grad is not None and not self.random_init:
