@@ -173,7 +173,7 @@ def main() -> None:
         "# digits (8x8, scikit-learn), CNN: test accuracy (%) under PGD-20 Linf",
         "",
         f"Mean ± std over seeds {args.seeds}; 360 test images; pixels in [0, 1]; eps 0 = clean accuracy. "
-        "Reproduce: `python benchmarks/robustness.py`",
+        "Reproduce: `python benchmarks/robustness.py --jobs 2`",
         "",
         *lines,
         "",

@@ -4,6 +4,7 @@ import pytest
 from conftest import run_train
 
 DIGITS = ["experiment=digits_cnn", "trainer.max_epochs=3", "logger=none", "backbone.channels=[8,16]",
+          "backbone.convs_per_stage=1", "data.label_frac=0.5",
           "backbone.hidden_size=32", "eval.attack.steps=3"]
 
 
@@ -15,7 +16,7 @@ def test_adversarial_run_on_digits_writes_robust_accuracies(tmp_path, cache_dir)
     keys = [f"test/robust_acc/eps={e}" for e in ("0", "0.05", "0.1", "0.2", "0.3")]
     assert set(keys) <= set(metrics)
     robust = [metrics[k] for k in keys]
-    assert metrics[keys[0]] == metrics["test/acc"] > 0.5  # eps 0 is the clean accuracy
+    assert metrics[keys[0]] == metrics["test/acc"] > 0.3  # eps 0 is the clean accuracy (chance: 0.1)
     assert all(a >= b for a, b in zip(robust, robust[1:]))  # stronger attacks never help
     assert robust[-1] < metrics["test/acc"]
     resolved = (run_dir / "config_resolved.yaml").read_text()
