@@ -42,6 +42,15 @@ def build_regularizers(cfg: DictConfig | None) -> dict[str, Any]:
     return regularizers
 
 
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """Test-stage callbacks: robust accuracy when ``eval.attack.eps`` lists epsilons."""
+    from nsl_lab.attacks import RobustAccuracy
+
+    attack = cfg.get("eval", {}).get("attack")
+    robust = RobustAccuracy.from_config(**OmegaConf.to_container(attack, resolve=True)) if attack else None
+    return [robust] if robust is not None else []
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     # Write then rename, so a crash never leaves a half-written file behind.
     partial = path.with_suffix(path.suffix + ".partial")
@@ -71,7 +80,9 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, float]:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, **trainer_arguments(cfg, output_dir))
+    extra = trainer_arguments(cfg, output_dir)
+    extra["callbacks"] = [*extra["callbacks"], *build_callbacks(cfg)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, **extra)
     log.info("backbone: %r", backbone)
     for regularizer in learner.regularizers.values():
         log.info("regularizer: %r", regularizer)

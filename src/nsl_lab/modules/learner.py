@@ -26,6 +26,31 @@ def as_output(result: Output | torch.Tensor) -> Output:
     raise TypeError(f"a backbone must return logits or nsl_lab.Output, got {type(result).__name__}")
 
 
+def embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's continuous input embedding (the identity for a plain module)."""
+    return backbone.embed(x) if hasattr(backbone, "embed") else x
+
+
+def head(backbone: nn.Module, z: torch.Tensor, **extra: object) -> Output:
+    """The backbone's output from an input embedding (a plain module takes ``z`` as input)."""
+    return as_output(backbone.head(z, **extra) if hasattr(backbone, "head") else backbone(z, **extra))
+
+
+class PrecomputedGradient(torch.autograd.Function):
+    """``value`` in the forward pass; in the backward pass hands ``grads`` (already computed
+    for ``params``) to the parameters, scaled by the incoming gradient. Lets one backward pass
+    through the clean loss serve both an input gradient and the parameters' gradients."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, grads: tuple, *params: torch.Tensor) -> torch.Tensor:
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return (None, None, *[None if g is None else g * grad_output for g in ctx.grads])
+
+
 def supervised_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the labeled samples (``y >= 0``); 0 when none is labeled."""
     labeled = y >= 0
@@ -71,6 +96,8 @@ class StructuredLearner(pl.LightningModule):
                 named[name] = regularizer
             regularizers = named
         self.regularizers = nn.ModuleDict(dict(regularizers))
+        # Perturbing regularizers differentiate the clean loss w.r.t. the input embedding.
+        self.keep_embedding = any(getattr(r, "needs_embedding", False) for r in self.regularizers.values())
         self.num_classes = num_classes or getattr(backbone, "num_classes", None)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.restore_best = restore_best
@@ -95,9 +122,34 @@ class StructuredLearner(pl.LightningModule):
         extra = {} if batch.lengths is None else {"lengths": batch.lengths}
         return as_output(self.backbone(batch.x, **extra))
 
+    def forward_with_embedding(self, batch: Batch) -> Output:
+        """``forward`` through ``embed`` then ``head``, keeping :math:`z` on the output with
+        ``requires_grad`` so a regularizer can take the clean loss's gradient w.r.t. it
+        (raw features and pixels become a leaf; a learned embedding stays in the graph)."""
+        extra = {} if batch.lengths is None else {"lengths": batch.lengths}
+        z = embed(self.backbone, batch.x)
+        if not z.requires_grad and z.is_floating_point() and not z.is_sparse:
+            z = z.detach().requires_grad_(True)
+        return head(self.backbone, z, **extra)._replace(embedding=z)
+
+    def clean_backward(self, loss: torch.Tensor, output: Output) -> tuple[torch.Tensor, Output]:
+        """One backward pass of the clean loss for the embedding *and* the parameters.
+
+        Returns a stand-in for ``loss`` that hands the parameters' gradients on in the
+        final backward, and ``output`` with ``embedding_grad`` set: an adversarial step
+        (FGSM) then costs one extra forward and backward, not two."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        # Keep the clean graph when something else still backpropagates through it.
+        retain = output.embedding.grad_fn is not None or any(
+            not getattr(r, "needs_embedding", False) for r in self.regularizers.values())
+        grads = torch.autograd.grad(loss, [output.embedding, *params], retain_graph=retain, allow_unused=True)
+        return PrecomputedGradient.apply(loss.detach(), grads[1:], *params), output._replace(embedding_grad=grads[0])
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        output = self(batch)
+        output = self.forward_with_embedding(batch) if self.keep_embedding else self(batch)
         loss = supervised_loss(output.logits, batch.y)
+        if output.embedding is not None and output.embedding.requires_grad:
+            loss, output = self.clean_backward(loss, output)
         size = max(int(batch.labeled.sum()), 1)
         self.log("train/supervised_loss", loss.detach(), batch_size=size)
         for name, regularizer in self.regularizers.items():

@@ -1,0 +1,49 @@
+"""End to end through scripts/train.py: adversarial runs on digits and with the graph regularizer on Cora."""
+import pytest
+
+from conftest import run_train
+
+DIGITS = ["experiment=digits_cnn", "trainer.max_epochs=3", "logger=none", "backbone.channels=[8,16]",
+          "backbone.convs_per_stage=1", "data.label_frac=0.5",
+          "backbone.hidden_size=32", "eval.attack.steps=3"]
+
+
+@pytest.mark.slow
+def test_adversarial_run_on_digits_writes_robust_accuracies(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    _, metrics = run_train([*DIGITS, "regularizer=adversarial_pgd", "regularizer.adversarial.pgd_iterations=2"],
+                           run_dir, cache_dir)
+    keys = [f"test/robust_acc/eps={e}" for e in ("0", "0.05", "0.1", "0.2", "0.3")]
+    assert set(keys) <= set(metrics)
+    robust = [metrics[k] for k in keys]
+    assert metrics[keys[0]] == metrics["test/acc"] > 0.3  # eps 0 is the clean accuracy (chance: 0.1)
+    assert all(a >= b for a, b in zip(robust, robust[1:]))  # stronger attacks never help
+    assert robust[-1] < metrics["test/acc"]
+    resolved = (run_dir / "config_resolved.yaml").read_text()
+    assert "AdversarialRegularizer" in resolved and "pgd_iterations: 2" in resolved
+
+
+@pytest.mark.slow
+def test_graph_and_adversarial_regularizers_combine_on_cora(tmp_path, data_root, cache_dir):
+    _, metrics = run_train(["regularizer=graph_adversarial", "data.label_frac=0.05", "trainer.max_epochs=3",
+                            "logger=csv"], tmp_path / "run", cache_dir, data_root)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and not any(k.startswith("test/robust") for k in metrics)
+    logged = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/adversarial_loss" in logged and "train/graph_loss" in logged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["eval.attack.name=cw"], "eval.attack.name='cw' is not supported; allowed: 'fgsm', 'pgd'"),
+        (["eval.attack.eps=[0.1,-1]"], "eval.attack.eps=-1 is out of range"),
+        (["regularizer=adversarial", "regularizer.adversarial.adv_grad_norm=l3"],
+         "adversarial.adv_grad_norm='l3' is not supported; allowed: 'linf', 'l2', 'l1'"),
+    ],
+)
+def test_bad_adversarial_settings_fail_in_one_line(tmp_path, cache_dir, overrides, message):
+    completed, metrics = run_train([*DIGITS, *overrides], tmp_path / "run", cache_dir, check=False)
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("nsl_lab: error:")]
+    assert completed.returncode == 2 and metrics is None
+    assert len(errors) == 1 and message in errors[0], completed.stderr[-2000:]
