@@ -85,7 +85,9 @@ def main() -> None:
         "## The sweep's report", "", table,
     ])
     shutil.copy(sweep_dir / "report" / "accuracy_vs_label_frac.png", RESULTS / f"{args.name}.png")
-    write(args.name, {"summary": summary, "machine": machine()}, markdown + f"\n![accuracy]({args.name}.png)\n")
+    # The report's own image links point into the sweep folder; link the copy kept here instead.
+    markdown = markdown.replace("![accuracy_vs_label_frac.png](accuracy_vs_label_frac.png)", f"![accuracy]({args.name}.png)")
+    write(args.name, {"summary": summary, "machine": machine()}, markdown)
 
 
 if __name__ == "__main__":
