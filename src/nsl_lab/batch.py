@@ -10,6 +10,13 @@ if TYPE_CHECKING:
     from nsl_lab.graphs.neighbors import NeighborGraph
 
 
+def trim_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Drops the padding columns of token rows beyond the longest of ``lengths``."""
+    if lengths is None or not lengths.numel():
+        return x
+    return x[:, : int(lengths.max())]
+
+
 @dataclass
 class Batch:
     """A batch of samples.

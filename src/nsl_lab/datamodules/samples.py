@@ -15,10 +15,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from nsl_lab.batch import Batch
+from nsl_lab.batch import Batch, trim_padding
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
 from nsl_lab.datamodules.planetoid import default_cache_dir
-from nsl_lab.errors import ConfigError, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_range
 from nsl_lab.graphs.build import GraphSpec, load_graph, save_graph, similarity_graph
 from nsl_lab.graphs.neighbors import SAMPLING, NeighborGraph
 
@@ -76,8 +76,7 @@ class SampleDataModule(pl.LightningDataModule):
         check_range("data.neighbors", neighbors, 0)
         check_range("data.batch_size", batch_size, 1)
         check_range("data.eval_batch_size", eval_batch_size, 1)
-        if neighbor_sampling not in SAMPLING:
-            raise ConfigError(f"data.neighbor_sampling={neighbor_sampling!r} is not supported; allowed: {SAMPLING}")
+        check_choice("data.neighbor_sampling", neighbor_sampling, SAMPLING)
         self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
         self.label_frac, self.val_frac, self.test_frac, self.seed = label_frac, val_frac, test_frac, int(seed)
         self.graph_spec = GraphSpec.parse(dict(graph) if hasattr(graph, "items") else graph)
@@ -153,10 +152,7 @@ class SampleDataModule(pl.LightningDataModule):
     # -- batches -------------------------------------------------------------------------
     def rows_batch(self, index: torch.Tensor, y: torch.Tensor) -> Batch:
         lengths = None if self.samples.lengths is None else self.samples.lengths[index]
-        x = self.samples.x[index]
-        if lengths is not None and lengths.numel():
-            x = x[:, : int(lengths.max())]  # padding beyond the longest row is dead weight
-        return Batch(x=x, y=y[index], index=index, lengths=lengths)
+        return Batch(x=trim_padding(self.samples.x[index], lengths), y=y[index], index=index, lengths=lengths)
 
     def collate(self, items: list[torch.Tensor], stage: str, generator: torch.Generator | None = None) -> Batch:
         index = torch.stack(items).long()

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nsl_lab.batch import Batch
+from nsl_lab.batch import Batch, trim_padding
 from nsl_lab.errors import ConfigError, check_choice, check_range
 from nsl_lab.graphs.neighbors import SAMPLING, NeighborGraph
 from nsl_lab.modules.output import Output
@@ -29,10 +29,7 @@ def batch_positions(batch: Batch, graph: NeighborGraph) -> torch.Tensor:
 def select_rows(batch: Batch, keep: torch.Tensor) -> Batch:
     """The rows of ``batch`` where ``keep`` is true (inputs, labels, ids, lengths)."""
     lengths = None if batch.lengths is None else batch.lengths[keep]
-    x = batch.x[keep]
-    if lengths is not None and lengths.numel():
-        x = x[:, : int(lengths.max())]  # drop padding columns no kept row needs
-    return Batch(x=x, y=batch.y[keep], index=batch.index[keep], lengths=lengths)
+    return Batch(x=trim_padding(batch.x[keep], lengths), y=batch.y[keep], index=batch.index[keep], lengths=lengths)
 
 
 class GraphRegularizer(Regularizer):
