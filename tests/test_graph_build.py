@@ -160,3 +160,19 @@ def test_planetoid_uses_a_knn_graph_built_from_its_features(data_root, cache_dir
     assert natural.graph.num_edges == 10556
     with pytest.raises(ConfigError, match="data.graph.embedding='tfidf_svd' is not supported"):
         PlanetoidDataModule("Cora", graph={"kind": "knn", "embedding": "tfidf_svd"})
+
+
+@pytest.mark.parametrize("overrides, kind, k", [
+    ([], "natural", 10),
+    (["data.graph=knn"], "knn", 10),
+    (["data.graph.kind=knn", "data.graph.k=5"], "knn", 5),
+])
+def test_planetoid_graph_overrides_from_the_command_line(overrides, kind, k):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from nsl_lab.compose import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        data = instantiate(compose("train", overrides=["data=citeseer", *overrides]).data)
+    assert (data.graph_spec.kind, data.graph_spec.k) == (kind, k)

@@ -31,6 +31,11 @@ def test_pad_sequences_truncates_pads_and_reports_lengths():
     ids, lengths = pad_sequences([[5, 6, 7, 8], [9], []], max_len=3)
     assert ids.tolist() == [[5, 6, 7], [9, 0, 0], [1, 0, 0]]
     assert lengths.tolist() == [3, 1, 1]
+    ids, lengths = pad_sequences([[5, 6, 7, 8], [9], []], max_len=3, truncate="tail")
+    assert ids.tolist() == [[6, 7, 8], [9, 0, 0], [1, 0, 0]]
+    assert lengths.tolist() == [3, 1, 1]
+    with pytest.raises(ConfigError, match="data.truncate='middle'"):
+        pad_sequences([[5]], max_len=3, truncate="middle")
 
 
 def write_tiny_imdb(root, records_by_split):

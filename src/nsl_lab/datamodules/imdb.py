@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from nsl_lab.datamodules.samples import SampleDataModule, Samples
-from nsl_lab.datamodules.text import Vocabulary, pad_sequences, tokenize
+from nsl_lab.datamodules.text import TRUNCATE, Vocabulary, pad_sequences, tokenize
 from nsl_lab.errors import ConfigError, check_choice, check_range
 from nsl_lab.graphs.build import text_embeddings
 from nsl_lab.graphs.neighbors import NeighborGraph
@@ -67,7 +67,9 @@ class IMDBDataModule(SampleDataModule):
         data_dir: the data root, holding ``imdb/{train,test}.jsonl.gz``.
         source: ``jsonl``, ``folder`` (an ``aclImdb/`` directory at ``folder``) or ``auto``.
         folder: the ``aclImdb/`` directory (default ``<data_dir>/imdb/aclImdb``).
-        max_len: tokens kept per review (the first ``max_len``).
+        max_len: tokens kept per review.
+        truncate: keep a long review's last ``max_len`` tokens (``tail``, default: the verdict
+            tends to close a review) or its first (``head``).
         vocab_size, min_freq: vocabulary limits.
         train_size, test_size: use a seeded random subset of that many reviews (small runs).
         Other arguments: see :class:`SampleDataModule`.
@@ -79,6 +81,7 @@ class IMDBDataModule(SampleDataModule):
         source: str = "auto",
         folder: str | None = None,
         max_len: int = 256,
+        truncate: str = "tail",
         vocab_size: int = 20000,
         min_freq: int = 2,
         train_size: int | None = None,
@@ -89,6 +92,7 @@ class IMDBDataModule(SampleDataModule):
         super().__init__(graph=graph if graph is not None else {"kind": "knn"}, **kwargs)
         check_choice("data.source", source, SOURCES)
         check_range("data.max_len", max_len, 1)
+        check_choice("data.truncate", truncate, TRUNCATE)
         for name, value in [("train_size", train_size), ("test_size", test_size)]:
             if value is not None:
                 check_range(f"data.{name}", value, 2)
@@ -96,6 +100,7 @@ class IMDBDataModule(SampleDataModule):
             raise ConfigError(f"data.graph.kind={self.graph_spec.kind!r} is not available for IMDB; allowed: 'knn', 'none'")
         self.data_dir = Path(data_dir).expanduser()
         self.source, self.max_len, self.vocab_size, self.min_freq = source, int(max_len), vocab_size, int(min_freq)
+        self.truncate = truncate
         self.folder = Path(folder).expanduser() if folder else self.data_dir / "imdb" / "aclImdb"
         self.train_size, self.test_size = train_size, test_size
 
@@ -127,6 +132,7 @@ class IMDBDataModule(SampleDataModule):
         ids, lengths = pad_sequences(
             [self.vocab.encode(t) for t in train_tokens] + [self.vocab.encode(tokenize(r["text"])) for r in test],
             self.max_len,
+            self.truncate,
         )
         self.num_features = len(self.vocab)
         self.num_train_reviews = len(train)
@@ -147,6 +153,6 @@ class IMDBDataModule(SampleDataModule):
 
     def __repr__(self) -> str:
         return (
-            f"{self.__class__.__name__}(label_frac={self.label_frac}, max_len={self.max_len}, "
+            f"{self.__class__.__name__}(label_frac={self.label_frac}, max_len={self.max_len}, truncate={self.truncate!r}, "
             f"graph={self.graph_spec.kind!r}, neighbors={self.num_neighbors}, seed={self.seed})"
         )

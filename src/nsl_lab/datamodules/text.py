@@ -7,9 +7,10 @@ from typing import Iterable, Sequence
 
 import torch
 
-from nsl_lab.errors import check_range
+from nsl_lab.errors import check_choice, check_range
 
 PAD, UNK = "<pad>", "<unk>"
+TRUNCATE = ("head", "tail")
 _MARKUP = re.compile(r"<[^>]*>")
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[!?]")
 
@@ -50,15 +51,21 @@ class Vocabulary:
         return f"{self.__class__.__name__}(size={len(self)})"
 
 
-def pad_sequences(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids [N, max_len], lengths [N])``: the first ``max_len`` ids of each sequence, 0-padded.
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], max_len: int, truncate: str = "head"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [N, max_len], lengths [N])``: at most ``max_len`` ids of each sequence, 0-padded.
 
-    An empty sequence becomes one unknown token, so every length is >= 1 (packing needs it).
+    ``truncate="head"`` keeps the first ``max_len`` ids, ``"tail"`` the last ones (a review's
+    verdict tends to come at its end). An empty sequence becomes one unknown token, so every
+    length is >= 1 (packing needs it).
     """
     check_range("data.max_len", max_len, 1)
+    check_choice("data.truncate", truncate, TRUNCATE)
     lengths = torch.tensor([min(max(len(s), 1), max_len) for s in sequences], dtype=torch.long)
     ids = torch.zeros(len(sequences), max_len, dtype=torch.long)
-    flat = torch.tensor([i for s in sequences for i in (s[:max_len] if s else [1])], dtype=torch.long)
+    kept = (lambda s: s[:max_len]) if truncate == "head" else (lambda s: s[-max_len:])
+    flat = torch.tensor([i for s in sequences for i in (kept(s) if s else [1])], dtype=torch.long)
     rows = torch.repeat_interleave(torch.arange(len(sequences)), lengths)
     columns = torch.arange(len(flat)) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
     ids[rows, columns] = flat

@@ -1,7 +1,8 @@
 from nsl_lab.regularizers.adversarial import AdversarialRegularizer
+from nsl_lab.regularizers.balance import ClassBalanceRegularizer
 from nsl_lab.regularizers.base import Regularizer
 from nsl_lab.regularizers.contrastive import NeighborContrastiveRegularizer
 from nsl_lab.regularizers.distances import pairwise_distance, reduce_weighted
 from nsl_lab.regularizers.graph import GraphRegularizer
 
-__all__ = ["AdversarialRegularizer", "GraphRegularizer", "NeighborContrastiveRegularizer", "Regularizer", "pairwise_distance", "reduce_weighted"]
+__all__ = ["AdversarialRegularizer", "ClassBalanceRegularizer", "GraphRegularizer", "NeighborContrastiveRegularizer", "Regularizer", "pairwise_distance", "reduce_weighted"]

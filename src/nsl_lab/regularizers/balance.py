@@ -1,0 +1,96 @@
+"""Class-balance regularization: the batch's mean prediction stays near a class prior."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from nsl_lab.batch import Batch
+from nsl_lab.errors import check_choice, check_range
+from nsl_lab.modules.output import Output
+from nsl_lab.regularizers.base import Regularizer
+
+if TYPE_CHECKING:
+    from nsl_lab.modules.learner import StructuredLearner
+
+PRIORS = ("labeled", "uniform")
+
+
+class ClassBalanceRegularizer(Regularizer):
+    r"""Keeps the mean predicted class distribution of a batch close to a prior.
+
+    With :math:`\bar p = \frac{1}{N}\sum_{i} \mathrm{softmax}(f(x_i))` over every row of the
+    batch (unlabeled rows included) and the prior :math:`\pi`:
+
+    .. math::
+        \mathcal{R} = \lambda\, \mathrm{KL}(\pi \,\|\, \bar p)
+        = \lambda \sum_c \pi_c \log \frac{\pi_c}{\bar p_c}
+
+    or, with ``min_share`` :math:`\rho`, only the shortfall below :math:`\rho` times the prior:
+
+    .. math::
+        \mathcal{R} = \lambda \sum_c \pi_c \max\Big(0, \log \frac{\rho\, \pi_c}{\bar p_c}\Big)
+
+    ``prior="labeled"`` takes :math:`\pi_c = (n_c + s) / (n_L + C s)` from the labeled rows'
+    class counts :math:`n_c` (add-``s`` smoothing, ``smoothing``); ``"uniform"`` takes
+    :math:`1 / C`. A smoothness term over many unlabeled nodes (Neural Graph Machines'
+    unlabeled-unlabeled edges) can reach a near-zero loss by predicting one class everywhere
+    when labels are very scarce; this term makes that collapse expensive while leaving any
+    prediction with the prior's class proportions free. ``min_share`` suits priors that are
+    only a rough guide (Planetoid's public split labels 20 nodes of every class, although the
+    classes are far from balanced): any prediction that gives each class at least
+    :math:`\rho` of its prior share costs nothing.
+
+    Args:
+        multiplier: :math:`\lambda`.
+        prior: ``labeled`` or ``uniform``.
+        smoothing: :math:`s`, pseudo-count added to each class of the labeled prior.
+        min_share: :math:`\rho` in (0, 1]; ``None`` = the full KL divergence.
+        warmup_epochs: see :class:`~nsl_lab.regularizers.base.Regularizer`.
+    """
+
+    name = "balance"
+
+    def __init__(
+        self,
+        multiplier: float = 1.0,
+        prior: str = "labeled",
+        smoothing: float = 1.0,
+        min_share: float | None = None,
+        warmup_epochs: int = 0,
+    ) -> None:
+        super().__init__(multiplier, warmup_epochs)
+        self.prior = check_choice("balance.prior", prior, PRIORS)
+        self.smoothing = float(check_range("balance.smoothing", smoothing, 0.0))
+        if min_share is not None:
+            min_share = float(check_range("balance.min_share", min_share, 0.0, 1.0, low_inclusive=False))
+        self.min_share = min_share
+
+    def class_prior(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """:math:`\\pi` for labels ``y`` (``-1`` = unlabeled)."""
+        if self.prior == "uniform":
+            return torch.full((num_classes,), 1.0 / num_classes)
+        counts = torch.bincount(y[y >= 0], minlength=num_classes).float() + self.smoothing
+        if float(counts.sum()) == 0.0:  # no label and no smoothing: nothing to match
+            return torch.full((num_classes,), 1.0 / num_classes)
+        return counts / counts.sum()
+
+    def balance_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The unscaled term: :math:`\\mathrm{KL}(\\pi \\| \\bar p)` or its ``min_share`` hinge."""
+        prior = self.class_prior(y.cpu(), logits.shape[-1]).to(logits)
+        mean_prediction = F.softmax(logits, dim=-1).mean(0)
+        present = prior > 0  # 0 log 0 = 0
+        prior, mean_prediction = prior[present], mean_prediction[present].clamp_min(1e-12)
+        if self.min_share is None:
+            return (prior * (prior.log() - mean_prediction.log())).sum()
+        return (prior * (torch.log(self.min_share * prior) - mean_prediction.log()).clamp_min(0.0)).sum()
+
+    def forward(
+        self, learner: "StructuredLearner", batch: Batch, output: Output
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.current_multiplier(learner) * self.balance_loss(output.logits, batch.y), {}
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(multiplier={self.multiplier}, prior={self.prior!r}, "
+                f"smoothing={self.smoothing}, min_share={self.min_share})")
