@@ -31,6 +31,9 @@ def machine() -> dict[str, str]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "commit": commit or "uncommitted",
+        # Timings depend on both: a shared machine's load, and torch's threads (OMP_NUM_THREADS).
+        "torch_threads": str(torch.get_num_threads()),
+        "load_average": " ".join(f"{load:.2f}" for load in os.getloadavg()),
     }
 
 

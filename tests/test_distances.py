@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nsl_lab.errors import ConfigError
-from nsl_lab.regularizers.distances import pairwise_distance, reduce_weighted
+from nsl_lab.regularizers.distances import pairwise_distance, pairwise_distance_rows, reduce_weighted
 
 A = torch.tensor([[1.0, 2.0, 3.0]])
 B = torch.tensor([[2.0, 0.0, 3.0]])
@@ -89,3 +89,19 @@ def test_padding_never_changes_the_reduction(pairs, padding):
         assert reduce_weighted(padded_values, padded_weights, reduction).item() == pytest.approx(
             reduce_weighted(values, weights, reduction).item(), rel=1e-5, abs=1e-6
         )
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2", "cosine", "kl", "jensen_shannon"])
+@pytest.mark.parametrize("transform", ["softmax", "sigmoid"])
+def test_distance_of_rows_equals_gathering_first_bit_for_bit(distance, transform):
+    # pairwise_distance_rows takes the softmax once per row: values and gradients must not change.
+    generator = torch.Generator().manual_seed(0)
+    outputs = torch.randn(50, 7, generator=generator) * 3
+    rows_i, rows_j = torch.randint(0, 50, (2, 300), generator=generator)
+    results = []
+    for rows_of in (pairwise_distance_rows, lambda x, i, j, *a: pairwise_distance(x[i], x[j], *a)):
+        x = outputs.clone().requires_grad_(True)
+        values = rows_of(x * 1.5, rows_i, rows_j, distance, transform)
+        (values * torch.linspace(0, 1, 300)).sum().backward()
+        results.append((values.detach(), x.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

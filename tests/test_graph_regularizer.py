@@ -4,7 +4,7 @@ from torch import nn
 
 from nsl_lab import Batch, ConfigError, GraphRegularizer, NeighborGraph, Output, StructuredLearner
 from nsl_lab.regularizers import NeighborContrastiveRegularizer
-from nsl_lab.regularizers.contrastive import normalized_adjacency_power
+from nsl_lab.regularizers.contrastive import PositivePairs, normalized_adjacency_power
 
 # Path 0 - 1 - 2 plus 3 -> 0, undirected except the last edge. Node 0 and 2 labeled.
 EDGES = torch.tensor([[0, 1, 1, 2, 3], [1, 0, 2, 1, 0]])
@@ -127,3 +127,25 @@ def test_warmup_ramps_the_multiplier_linearly():
     assert loss.item() == pytest.approx(2.0 * regularizer.neighbor_loss(LOGITS, batch()).item())
     with pytest.raises(ConfigError, match="graph.warmup_epochs=-1"):
         GraphRegularizer(warmup_epochs=-1)
+
+
+def test_contrastive_gamma_block_equals_the_dense_matrix():
+    generator = torch.Generator().manual_seed(0)
+    edges = torch.randint(0, 40, (2, 150), generator=generator)
+    positive = normalized_adjacency_power(NeighborGraph(edges, 40), 2)
+    dense = torch.sparse_coo_tensor(positive.edge_index(), positive.weights, (40, 40)).to_dense()
+    dense.fill_diagonal_(0.0)  # self-pairs never count
+    nodes = torch.randperm(40, generator=generator)[:15]
+    assert torch.equal(PositivePairs(positive).submatrix(nodes), dense[nodes][:, nodes])
+
+
+def test_cached_pairs_follow_a_change_of_labels():
+    # The pairs are kept while the same batch comes back; relabelling in place must refresh them.
+    regularizer = GraphRegularizer(distance="l2", max_neighbors=2)
+    data = batch()
+    data.y = Y.clone()
+    first = regularizer.neighbor_loss(LOGITS, data)
+    assert regularizer.pairs(data)[0] is regularizer.pairs(data)[0]
+    data.y[2] = -1  # node 2 is no seed any more
+    assert regularizer.neighbor_loss(LOGITS, data).item() == pytest.approx(sq(0, 1))
+    assert first.item() != pytest.approx(sq(0, 1))

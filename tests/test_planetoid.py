@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -47,3 +50,35 @@ def test_unknown_dataset_and_missing_files(tmp_path):
     data = PlanetoidDataModule("Cora", data_dir=str(tmp_path / "root"), cache_dir=str(tmp_path / "c"), download=False)
     with pytest.raises(ConfigError, match=r"put ind.cora.x, .* in .*root/planetoid/Cora/raw"):
         data.setup()
+
+
+def test_processed_graph_loads_again_without_torch_geometric(data_root, cache_dir, tmp_path):
+    # torch-geometric's import costs ~0.5 s of each run: once processed, plain tensors are read.
+    settings = dict(data_dir=str(data_root), cache_dir=str(cache_dir), label_frac=0.05, seed=3)
+    first = PlanetoidDataModule("Cora", **settings)
+    first.setup()
+    script = (
+        "import sys, torch\n"
+        "from nsl_lab.datamodules import PlanetoidDataModule\n"
+        f"data = PlanetoidDataModule('Cora', **{settings!r})\n"
+        "data.setup()\n"
+        "assert 'torch_geometric' not in sys.modules\n"
+        "b = data._batches['train']\n"
+        f"torch.save([b.x.to_dense(), b.y, data.graph.indptr, data.graph.indices], {str(tmp_path / 'again.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    again = torch.load(tmp_path / "again.pt")
+    train = first._batches["train"]
+    for a, b in zip(again, [train.x.to_dense(), train.y, first.graph.indptr, first.graph.indices]):
+        assert torch.equal(a, b)
+
+
+def test_validation_batch_holds_the_validation_rows_only(data_root, cache_dir):
+    # The backbone sees features only, so the 500 rows give the full batch's accuracy, cheaper.
+    data = PlanetoidDataModule("Cora", data_dir=str(data_root), cache_dir=str(cache_dir), label_frac=0.05)
+    data.setup()
+    full, (val,) = data._batches["val"], list(data.val_dataloader())
+    rows = full.labeled.nonzero().flatten()
+    assert len(val) == 500 and bool(val.labeled.all())
+    assert torch.equal(val.index, rows) and torch.equal(val.y, full.y[rows])
+    assert torch.equal(val.x.to_dense(), full.x.to_dense()[rows])

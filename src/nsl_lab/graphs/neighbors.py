@@ -73,7 +73,12 @@ class NeighborGraph:
     def to(self, device: torch.device | str) -> "NeighborGraph":
         if torch.device(device) == self.device:
             return self
-        return self._from_csr(self.indptr.to(device), self.indices.to(device), self.weights.to(device))
+        # Batch.to moves the graph every step: the same copy each time keeps the caches keyed
+        # on the graph (the regularizers' pairs, the contrastive gamma) valid across steps.
+        moved = self.__dict__.setdefault("_moved", {})
+        if str(device) not in moved:
+            moved[str(device)] = self._from_csr(self.indptr.to(device), self.indices.to(device), self.weights.to(device))
+        return moved[str(device)]
 
     def edges(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All edges as ``(source, target, weight)``."""

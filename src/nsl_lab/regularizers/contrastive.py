@@ -47,6 +47,38 @@ def normalized_adjacency_power(graph: NeighborGraph, hops: int, normalization: s
     return NeighborGraph(power.indices(), n, power.values())
 
 
+class PositivePairs:
+    """:math:`\\gamma = \\hat A^{r}` without self-pairs, ready to cut the block of sampled nodes.
+
+    Args:
+        positive: the normalised adjacency power (:func:`normalized_adjacency_power`).
+    """
+
+    def __init__(self, positive: NeighborGraph) -> None:
+        source, target, weight = positive.edges()
+        off_diagonal = source != target
+        counts = torch.bincount(source[off_diagonal], minlength=positive.num_nodes)
+        self.num_nodes = positive.num_nodes
+        self.indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.target, self.weight = target[off_diagonal], weight[off_diagonal]
+
+    def submatrix(self, nodes: torch.Tensor) -> torch.Tensor:
+        """``[len(nodes), len(nodes)]``: :math:`\\gamma` between the nodes, 0 where no edge."""
+        # Only the sampled nodes' rows (CSR): ~sample_size / N of the edges, not all of them.
+        start, count = self.indptr[nodes], self.indptr[nodes + 1] - self.indptr[nodes]
+        row = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), count)
+        first = torch.cumsum(count, 0) - count  # where each row's edges begin in the gathered list
+        edge = torch.arange(row.numel(), device=nodes.device) + (start - first)[row]
+        # Which row of the subset each node of the graph is, -1 when not sampled.
+        position = torch.full((self.num_nodes,), -1, dtype=torch.long, device=nodes.device)
+        position[nodes] = torch.arange(nodes.numel(), device=nodes.device)
+        column = position[self.target[edge]]
+        keep = column >= 0
+        gamma = torch.zeros(nodes.numel(), nodes.numel(), device=nodes.device)
+        gamma[row[keep], column[keep]] = self.weight[edge[keep]]
+        return gamma
+
+
 class NeighborContrastiveRegularizer(Regularizer):
     r"""Pulls graph neighbours' embeddings together and pushes other samples apart.
 
@@ -96,37 +128,51 @@ class NeighborContrastiveRegularizer(Regularizer):
         check_choice("contrastive.normalization", normalization, NORMALIZATIONS)
         self.normalization = normalization
         self.temperature, self.hops, self.sample_size, self.compare = float(temperature), hops, sample_size, compare
-        self._cache: tuple[int, NeighborGraph] | None = None
+        self._cache: tuple[NeighborGraph, NeighborGraph] | None = None
+        self._pairs: tuple[NeighborGraph, PositivePairs] | None = None
+        self._self_mask: torch.Tensor | None = None
 
     def positive_weights(self, graph: NeighborGraph) -> NeighborGraph:
-        if self._cache is None or self._cache[0] != id(graph):
-            self._cache = (id(graph), normalized_adjacency_power(graph, self.hops, self.normalization))
+        # Keyed on the graph object itself (kept alive here), so a new graph never hits a stale entry.
+        if self._cache is None or self._cache[0] is not graph:
+            self._cache = (graph, normalized_adjacency_power(graph, self.hops, self.normalization))
         return self._cache[1]
+
+    def positive_pairs(self, graph: NeighborGraph) -> "PositivePairs":
+        """The off-diagonal :math:`\\gamma` of ``graph``, built once per graph (constant across steps)."""
+        if self._pairs is None or self._pairs[0] is not graph:
+            self._pairs = (graph, PositivePairs(self.positive_weights(graph)))
+        return self._pairs[1]
+
+    def self_mask(self, size: int, device: torch.device) -> torch.Tensor:
+        """The boolean identity of ``size``, kept: every step asks for the same one."""
+        mask = self._self_mask
+        if mask is None or mask.shape[0] != size or mask.device != torch.device(device):
+            mask = self._self_mask = torch.eye(size, dtype=torch.bool, device=device)
+        return mask
 
     def contrastive_loss(self, embeddings: torch.Tensor, rows: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The unscaled loss over the batch rows ``rows``."""
         graph = batch.graph
         if graph is None:
             raise ConfigError("the contrastive regularizer needs a datamodule that provides a graph")
-        positive = self.positive_weights(graph)
-        # Which rows of the subset each node of the graph is, -1 when not sampled.
-        position = torch.full((graph.num_nodes,), -1, dtype=torch.long, device=rows.device)
-        position[batch.index[rows]] = torch.arange(rows.numel(), device=rows.device)
-        source, target, weight = positive.edges()
-        keep = (position[source] >= 0) & (position[target] >= 0) & (source != target)
-        gamma = torch.zeros(rows.numel(), rows.numel(), device=embeddings.device)
-        gamma[position[source[keep]], position[target[keep]]] = weight[keep].to(embeddings.dtype)
+        gamma = self.positive_pairs(graph).submatrix(batch.index[rows])
 
         z = F.normalize(embeddings[rows], dim=-1)
-        logits = (z @ z.t()) / self.temperature
-        self_mask = torch.eye(rows.numel(), dtype=torch.bool, device=z.device)
-        logits = logits.masked_fill(self_mask, float("-inf"))
-        has_positive = (gamma > 0).any(dim=1)
+        logits = z @ z.t()
+        if self.temperature != 1.0:  # x / 1 is x exactly, forward and backward: skip two passes
+            logits = logits / self.temperature
+        logits = logits.masked_fill(self.self_mask(rows.numel(), z.device), float("-inf"))
+        positive = gamma > 0
+        has_positive = positive.any(dim=1)
         if not bool(has_positive.any()):
             return embeddings.sum() * 0.0
         # Only rows with a positive: an all -inf row would put NaN into the gradient.
-        logits, gamma = logits[has_positive], gamma[has_positive]
-        log_gamma = torch.where(gamma > 0, gamma.log(), torch.full_like(gamma, float("-inf")))
+        logits, gamma, positive = logits[has_positive], gamma[has_positive], positive[has_positive]
+        # log(0) is -inf either way, but the CPU log is ~6x slower on zeros than on positive
+        # numbers: take the log of 1 there and mask. The positive entries go through the same
+        # kernel at the same positions, so their logs (and the loss) are bit-identical.
+        log_gamma = gamma.masked_fill(~positive, 1.0).log().masked_fill_(~positive, float("-inf"))
         log_numerator = torch.logsumexp(logits + log_gamma, dim=1)
         return (torch.logsumexp(logits, dim=1) - log_numerator).mean()
 

@@ -10,7 +10,9 @@ from nsl_lab.errors import ConfigError, check_choice, check_range
 from nsl_lab.graphs.neighbors import SAMPLING, NeighborGraph
 from nsl_lab.modules.output import Output
 from nsl_lab.regularizers.base import Regularizer
-from nsl_lab.regularizers.distances import REDUCTIONS, check_distance, pairwise_distance, reduce_weighted
+from nsl_lab.regularizers.distances import (
+    REDUCTIONS, check_distance, pairwise_distance, pairwise_distance_rows, reduce_weighted,
+)
 
 if TYPE_CHECKING:
     from nsl_lab.modules.learner import StructuredLearner
@@ -108,14 +110,30 @@ class GraphRegularizer(Regularizer):
         self.max_neighbors, self.neighbor_sampling = max_neighbors, neighbor_sampling
         self.full_graph, self.seeds, self.compare = bool(full_graph), seeds, compare
         self.pair_weights = (float(unlabeled_unlabeled), float(labeled_unlabeled), float(labeled_labeled))
+        self._pairs_cache: tuple[tuple, tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     def pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(rows_i, rows_j, weights)``: batch rows of each seed-neighbour pair and its weight."""
+        """``(rows_i, rows_j, weights)``: batch rows of each seed-neighbour pair and its weight.
+
+        Every edge or the top-k neighbours depend on the graph, the batch's ids and labels
+        only: a full-graph batch comes back unchanged each step, so they are found once and
+        kept while the same tensors (unmodified) come back. Uniform sampling draws anew.
+        """
         graph = batch.graph
         if graph is None:
             raise ConfigError(
                 "the graph regularizer needs a datamodule that provides a graph (batch.graph is None)"
             )
+        if not self.full_graph and self.neighbor_sampling != "top_k":
+            return self._find_pairs(batch, graph)
+        # The objects themselves (kept alive by the cache) and their in-place version counters.
+        inputs, versions = (graph, batch.index, batch.y), (batch.index._version, batch.y._version)
+        cached = self._pairs_cache
+        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], inputs)):
+            self._pairs_cache = cached = (inputs, versions, self._find_pairs(batch, graph))
+        return cached[2]
+
+    def _find_pairs(self, batch: Batch, graph: NeighborGraph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         position = batch_positions(batch, graph)
         labeled = batch.labeled
         if self.full_graph:
@@ -144,7 +162,7 @@ class GraphRegularizer(Regularizer):
     def neighbor_loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The unscaled, reduced distance term."""
         rows_i, rows_j, weight = self.pairs(batch)
-        distance = pairwise_distance(outputs[rows_i], outputs[rows_j], self.distance, self.transform)
+        distance = pairwise_distance_rows(outputs, rows_i, rows_j, self.distance, self.transform)
         return reduce_weighted(distance, weight, self.reduction)
 
     def packed_pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
