@@ -68,23 +68,30 @@ class ClassBalanceRegularizer(Regularizer):
         self.min_share = min_share
 
     def class_prior(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """:math:`\\pi` for labels ``y`` (``-1`` = unlabeled)."""
+        """:math:`\\pi` for labels ``y`` (``-1`` = unlabeled), on ``y``'s device.
+
+        Counted with ``index_add_`` rather than boolean indexing: no device-to-host sync
+        on each training step."""
+        uniform = torch.full((num_classes,), 1.0 / num_classes, device=y.device)
         if self.prior == "uniform":
-            return torch.full((num_classes,), 1.0 / num_classes)
-        counts = torch.bincount(y[y >= 0], minlength=num_classes).float() + self.smoothing
-        if float(counts.sum()) == 0.0:  # no label and no smoothing: nothing to match
-            return torch.full((num_classes,), 1.0 / num_classes)
-        return counts / counts.sum()
+            return uniform
+        labeled = (y >= 0).float()
+        counts = torch.zeros(num_classes, device=y.device).index_add_(0, y.clamp_min(0), labeled) + self.smoothing
+        total = counts.sum()
+        # No label and no smoothing: nothing to match but uniform.
+        return torch.where(total > 0, counts / total.clamp_min(1e-12), uniform)
 
     def balance_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The unscaled term: :math:`\\mathrm{KL}(\\pi \\| \\bar p)` or its ``min_share`` hinge."""
-        prior = self.class_prior(y.cpu(), logits.shape[-1]).to(logits)
-        mean_prediction = F.softmax(logits, dim=-1).mean(0)
-        present = prior > 0  # 0 log 0 = 0
-        prior, mean_prediction = prior[present], mean_prediction[present].clamp_min(1e-12)
+        prior = self.class_prior(y, logits.shape[-1]).to(logits)
+        log_mean_prediction = F.softmax(logits, dim=-1).mean(0).clamp_min(1e-12).log()
+        # Classes with prior 0 contribute 0 (0 log 0 = 0); the clamp only keeps their log finite.
+        safe_prior = prior.clamp_min(1e-12)
         if self.min_share is None:
-            return (prior * (prior.log() - mean_prediction.log())).sum()
-        return (prior * (torch.log(self.min_share * prior) - mean_prediction.log()).clamp_min(0.0)).sum()
+            gap = safe_prior.log() - log_mean_prediction
+        else:
+            gap = ((self.min_share * safe_prior).log() - log_mean_prediction).clamp_min(0.0)
+        return torch.where(prior > 0, prior * gap, torch.zeros_like(prior)).sum()
 
     def forward(
         self, learner: "StructuredLearner", batch: Batch, output: Output
