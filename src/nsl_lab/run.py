@@ -83,6 +83,9 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, float]:
     extra = trainer_arguments(cfg, output_dir)
     extra["callbacks"] = [*extra["callbacks"], *build_callbacks(cfg)]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, **extra)
+    # `deterministic` also makes torch fill every new tensor with NaN, a debugging aid that
+    # costs a memory pass per allocation (~1.5 ms of a 30 ms Cora step) and changes no result.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     log.info("backbone: %r", backbone)
     for regularizer in learner.regularizers.values():
         log.info("regularizer: %r", regularizer)

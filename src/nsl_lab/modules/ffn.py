@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.modules.dropout import dropout
 from nsl_lab.modules.output import Output
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -18,16 +20,53 @@ def sparse_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     x = x.coalesce()
     return torch.sparse_coo_tensor(
-        x.indices(), F.dropout(x.values(), p, True), x.shape, check_invariants=False
+        x.indices(), dropout(x.values(), p, True), x.shape, check_invariants=False
     )
+
+
+def transposed_csr(x: torch.Tensor) -> torch.Tensor:
+    """:math:`x^T` in CSR layout, for a coalesced (row-major) sparse COO ``x``."""
+    row, column = x.indices()
+    # Coalesced entries are sorted by row: a stable sort by column gives x^T's row order.
+    order = torch.argsort(column, stable=True)
+    crow = torch.zeros(x.shape[1] + 1, dtype=torch.long, device=x.device)
+    crow[1:] = torch.bincount(column, minlength=x.shape[1]).cumsum(0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" is noise here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, row[order], x.values()[order], (x.shape[1], x.shape[0]))
+
+
+class SparseLinearFunction(torch.autograd.Function):
+    r""":math:`y = x W^T + b` for a sparse COO input that needs no gradient.
+
+    Both products run on CSR: :math:`xW^T` forward and :math:`\nabla_W = (x^T \nabla_y)^T`
+    backward, about 4x faster on the CPU than the COO kernels autograd would pick (Cora's
+    bag-of-words layer: ~2.5 ms instead of ~10 ms per step, forward and backward).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x.coalesce()
+        ctx.x = x  # a constant input: no autograd bookkeeping needed
+        with warnings.catch_warnings():  # "sparse CSR support is in beta" is noise here
+            warnings.simplefilter("ignore", UserWarning)
+            # A contiguous right-hand side takes torch's fast sparse kernel.
+            return torch.addmm(bias, x.to_sparse_csr(), weight.t().contiguous())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_weight = (transposed_csr(ctx.x) @ grad).t().contiguous() if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return None, grad_weight, grad_bias
 
 
 def linear_any(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` for dense or sparse COO ``x``."""
     if x.is_sparse:
-        # Bag-of-words features are ~1% dense: a sparse product is ~6x faster.
-        # A contiguous right-hand side takes torch's fast sparse kernel (about 4x here).
-        return torch.sparse.mm(x, layer.weight.t().contiguous()) + layer.bias
+        # Bag-of-words features are ~1% dense: a sparse product is much faster.
+        if x.requires_grad:
+            return torch.sparse.mm(x, layer.weight.t()) + layer.bias
+        return SparseLinearFunction.apply(x, layer.weight, layer.bias)
     return layer(x)
 
 
@@ -99,9 +138,9 @@ class FFN(nn.Module):
         if z.is_sparse:
             h = sparse_dropout(z, self.input_dropout, self.training)
         else:
-            h = F.dropout(z, self.input_dropout, self.training)
+            h = dropout(z, self.input_dropout, self.training)
         for layer, norm in zip(self.hidden_layers, self.norms):
-            h = F.dropout(norm(self.act(linear_any(layer, h))), self.dropout, self.training)
+            h = dropout(norm(self.act(linear_any(layer, h))), self.dropout, self.training)
         if self.embedding is not None:
             h = self.embedding(h)
         return Output(linear_any(self.classifier, h), h)
