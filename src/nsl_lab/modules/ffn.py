@@ -4,7 +4,6 @@ import warnings
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nsl_lab.errors import ConfigError, check_choice, check_range

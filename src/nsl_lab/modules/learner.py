@@ -150,18 +150,16 @@ class StructuredLearner(pl.LightningModule):
         loss = supervised_loss(output.logits, batch.y)
         if output.embedding is not None and output.embedding.requires_grad:
             loss, output = self.clean_backward(loss, output)
-        written = self.logger_writes_this_step()
-        size = max(int(batch.labeled.sum()), 1) if written else 1
-        if written:
-            self.log("train/supervised_loss", loss.detach(), batch_size=size)
+        terms = {"train/supervised_loss": loss.detach()}
         for name, regularizer in self.regularizers.items():
             term, logs = regularizer(self, batch, output)
             loss = loss + term
-            if written:
-                self.log(f"train/{name}_loss", term.detach(), batch_size=size)
-                for key, value in logs.items():
-                    self.log(f"train/{name}/{key}", value, batch_size=size)
-        if written:
+            terms[f"train/{name}_loss"] = term.detach()
+            terms.update({f"train/{name}/{key}": value for key, value in logs.items()})
+        if self.logger_writes_this_step():
+            size = max(int(batch.labeled.sum()), 1)
+            for key, value in terms.items():
+                self.log(key, value, batch_size=size)
             self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
         return loss
 
