@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from conftest import REPO
 from nsl_lab.errors import ConfigError
 from nsl_lab.graphs.build import (
-    GraphSpec, load_graph, read_tsv, save_graph, similarity_graph, symmetrize, write_tsv,
+    GraphSpec, load_graph, read_tsv, save_graph, similarity_graph, symmetrize, word_vector_embeddings, write_tsv,
 )
 
 
@@ -176,3 +176,32 @@ def test_planetoid_graph_overrides_from_the_command_line(overrides, kind, k):
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         data = instantiate(compose("train", overrides=["data=citeseer", *overrides]).data)
     assert (data.graph_spec.kind, data.graph_spec.k) == (kind, k)
+
+
+def topic_documents(per_topic: int = 20, seed: int = 0) -> tuple[list[list[str]], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    topics = [["cat", "dog", "pet", "fur", "paw"], ["car", "road", "engine", "wheel", "fuel"]]
+    documents, topic_of = [], []
+    for topic, words in enumerate(topics):
+        for _ in range(per_topic):
+            tokens = list(rng.choice(words + ["the", "a", "and"], size=12))
+            documents.append([str(t) for t in tokens])
+            topic_of.append(topic)
+    return documents, np.array(topic_of)
+
+
+def test_word_vector_embeddings_put_same_topic_documents_together():
+    documents, topic_of = topic_documents()
+    embeddings = word_vector_embeddings(documents, dim=4, window=3)
+    assert embeddings.shape == (40, 4) and np.isfinite(embeddings).all()
+    assert np.array_equal(embeddings, word_vector_embeddings(documents, dim=4, window=3))  # seeded
+    edge_index, _ = similarity_graph(embeddings, k=3)
+    source, target = edge_index.numpy()
+    assert (topic_of[source] == topic_of[target]).mean() > 0.9
+
+
+def test_word_vector_settings_are_checked():
+    with pytest.raises(ConfigError, match="needs at least 2 words seen twice"):
+        word_vector_embeddings([["only"], ["words"]], dim=4)
+    with pytest.raises(ConfigError, match="data.graph.window=0 is out of range"):
+        GraphSpec.parse({"kind": "knn", "embedding": "word_vectors", "window": 0})

@@ -46,3 +46,29 @@ def test_sweep_preset_crosses_regularizers_and_label_fractions():
     assert params["data.label_frac"] == "0.01,0.02,0.05,0.1,1.0"
     assert cfg.backbone._target_ == "nsl_lab.modules.RNNClassifier" and cfg.backbone.bidirectional
     assert cfg.data._target_ == "nsl_lab.datamodules.IMDBDataModule" and cfg.data.graph.kind == "knn"
+
+
+@pytest.mark.slow
+def test_imdb_propagated_labels_run(tmp_path, data_root, cache_dir):
+    """experiment=imdb_propagated: word-vector graph, unlabeled reviews in the batches, pseudo-label loss."""
+    run_dir = tmp_path / "run"
+    small = [a for a in SMALL if not a.startswith("experiment=")]
+    _, metrics = run_train(["experiment=imdb_propagated", *small, "data.label_frac=0.1", "data.graph.dim=16",
+                            "logger=csv"], run_dir, cache_dir, data_root)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    resolved = (run_dir / "config_resolved.yaml").read_text()
+    assert "PropagatedLabelRegularizer" in resolved and "embedding: word_vectors" in resolved
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    losses = [float(r["train/propagated_loss"]) for r in rows if r.get("train/propagated_loss")]
+    assert losses and max(losses) > 0  # the unlabeled reviews reached the pseudo-label term
+
+
+def test_propagated_preset_sweeps_label_fractions_only():
+    from hydra import compose, initialize_config_dir
+
+    from nsl_lab.compose import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=imdb_propagated"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["regularizer"] == "propagated"
+    assert cfg.data.include_unlabeled and cfg.data.neighbors == 0 and cfg.trainer.max_steps == 2400

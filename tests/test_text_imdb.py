@@ -109,3 +109,16 @@ def test_imdb_datamodule_splits_vocab_and_packed_neighbours(tiny_imdb, tmp_path,
                            graph={"kind": "knn", "k": 3, "embedding": "tfidf_svd", "dim": 8, "max_features": 1000})
     again.setup()
     assert torch.equal(again.graph.indices, data.graph.indices)
+
+
+def test_imdb_word_vector_graph_and_embedding_choices(tiny_imdb, tmp_path):
+    root, _ = tiny_imdb
+    data = IMDBDataModule(data_dir=str(root), cache_dir=str(tmp_path), max_len=50, vocab_size=500, min_freq=1,
+                          label_frac=0.25, val_frac=0.25, neighbors=0, include_unlabeled=True,
+                          graph={"kind": "knn", "k": 3, "embedding": "word_vectors", "dim": 8, "window": 5})
+    data.setup()
+    source, target, _ = data.graph.edges()
+    assert len(source) > 0 and bool((source < 40).all() & (target < 40).all())  # training reviews only
+    assert torch.equal(data.train_labels, data.y_train)
+    with pytest.raises(ConfigError, match="data.graph.embedding='pixels' is not available for IMDB"):
+        IMDBDataModule(data_dir=str(root), graph={"kind": "knn", "embedding": "pixels"})

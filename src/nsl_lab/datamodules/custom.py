@@ -114,8 +114,8 @@ class CustomDataModule(SampleDataModule):
                 if len(embeddings) != num_nodes:
                     raise ConfigError(f"data.graph.path has {len(embeddings)} rows but data.features has {num_nodes}")
                 return embeddings
-            if spec.embedding == "tfidf_svd":
-                raise ConfigError("data.graph.embedding='tfidf_svd' needs text; for custom data use features, pca or npy")
+            if spec.embedding in ("tfidf_svd", "word_vectors"):
+                raise ConfigError(f"data.graph.embedding={spec.embedding!r} needs text; for custom data use features, pca or npy")
             return dense_embeddings(samples.x, spec.embedding, spec.dim)
 
         return self.cached_similarity_graph(

@@ -7,12 +7,13 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nsl_lab.datamodules.samples import SampleDataModule, Samples
 from nsl_lab.datamodules.text import TRUNCATE, Vocabulary, pad_sequences, tokenize
 from nsl_lab.errors import ConfigError, check_choice, check_range
-from nsl_lab.graphs.build import text_embeddings
+from nsl_lab.graphs.build import GraphSpec, text_embeddings, word_vector_embeddings
 from nsl_lab.graphs.neighbors import NeighborGraph
 
 SPLITS = ("train", "test")
@@ -49,6 +50,9 @@ def read_aclimdb(folder: str | Path, split: str) -> list[dict]:
                 "text": file.read_text(encoding="utf-8"), "path": f"{split}/{polarity}/{file.name}",
             })
     return records
+
+
+TEXT_EMBEDDINGS = ("tfidf_svd", "word_vectors")
 
 
 class IMDBDataModule(SampleDataModule):
@@ -98,6 +102,9 @@ class IMDBDataModule(SampleDataModule):
                 check_range(f"data.{name}", value, 2)
         if self.graph_spec.kind not in ("none", "knn"):
             raise ConfigError(f"data.graph.kind={self.graph_spec.kind!r} is not available for IMDB; allowed: 'knn', 'none'")
+        if self.graph_spec.kind == "knn" and self.graph_spec.embedding not in TEXT_EMBEDDINGS:
+            raise ConfigError(f"data.graph.embedding={self.graph_spec.embedding!r} is not available for IMDB; "
+                              f"allowed: {', '.join(map(repr, TEXT_EMBEDDINGS))}")
         self.data_dir = Path(data_dir).expanduser()
         self.source, self.max_len, self.vocab_size, self.min_freq = source, int(max_len), vocab_size, int(min_freq)
         self.truncate = truncate
@@ -145,11 +152,18 @@ class IMDBDataModule(SampleDataModule):
         spec = self.graph_spec
         return self.cached_similarity_graph(
             "imdb",
-            lambda: text_embeddings(self.train_texts, spec.dim, spec.max_features, seed=0),
+            lambda: self.review_embeddings(spec),
             num_nodes=len(samples.y),
             # Keyed by the reviews themselves, so subsets and other copies never share a cache entry.
             texts=hashlib.sha1("\0".join(self.train_texts).encode()).hexdigest(),
         )
+
+    def review_embeddings(self, spec: GraphSpec) -> np.ndarray:
+        """The training reviews embedded for the kNN graph (``spec.embedding``)."""
+        if spec.embedding == "word_vectors":
+            documents = [tokenize(text) for text in self.train_texts]
+            return word_vector_embeddings(documents, spec.dim, spec.window, spec.max_features, seed=0)
+        return text_embeddings(self.train_texts, spec.dim, spec.max_features, seed=0)
 
     def __repr__(self) -> str:
         return (

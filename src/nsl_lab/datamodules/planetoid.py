@@ -234,6 +234,11 @@ class PlanetoidDataModule(pl.LightningDataModule):
             "test": stage_batch(data.test_mask.nonzero().flatten()),
         }
 
+    @property
+    def train_labels(self) -> torch.Tensor:
+        """Every node's training label, ``-1`` where none is kept."""
+        return self._batches["train"].y
+
     def _scored_rows(self, stage: str) -> Batch:
         """The stage's batch cut to its labeled rows.
 

@@ -150,6 +150,11 @@ class SampleDataModule(pl.LightningDataModule):
         self._ready = True
 
     # -- batches -------------------------------------------------------------------------
+    @property
+    def train_labels(self) -> torch.Tensor:
+        """Every sample's training label, ``-1`` where none is kept."""
+        return self.y_train
+
     def rows_batch(self, index: torch.Tensor, y: torch.Tensor) -> Batch:
         lengths = None if self.samples.lengths is None else self.samples.lengths[index]
         return Batch(x=trim_padding(self.samples.x[index], lengths), y=y[index], index=index, lengths=lengths)

@@ -4,5 +4,6 @@ from nsl_lab.regularizers.base import Regularizer
 from nsl_lab.regularizers.contrastive import NeighborContrastiveRegularizer
 from nsl_lab.regularizers.distances import pairwise_distance, reduce_weighted
 from nsl_lab.regularizers.graph import GraphRegularizer
+from nsl_lab.regularizers.propagated import PropagatedLabelRegularizer
 
-__all__ = ["AdversarialRegularizer", "ClassBalanceRegularizer", "GraphRegularizer", "NeighborContrastiveRegularizer", "Regularizer", "pairwise_distance", "reduce_weighted"]
+__all__ = ["AdversarialRegularizer", "ClassBalanceRegularizer", "GraphRegularizer", "NeighborContrastiveRegularizer", "PropagatedLabelRegularizer", "Regularizer", "pairwise_distance", "reduce_weighted"]
