@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from common import machine, quiet, write
+from common import HERE, machine, quiet, write
 
 CONFIGS = {
     "base": ("base BiLSTM", ["experiment=imdb_label_frac", "regularizer=none"]),
@@ -80,8 +80,14 @@ def main() -> None:
                         help="the first is the base every other is compared with")
     parser.add_argument("--name", default="imdb_label_frac", help="results file name")
     parser.add_argument("--skip-graph-timing", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the Markdown from <name>.json, run nothing")
     args = parser.parse_args()
     quiet()
+    if args.report_only:
+        saved = json.loads((HERE / "results" / f"{args.name}.json").read_text())
+        # The saved run's own settings and machine, not this invocation's.
+        report(saved["runs"], saved["graph_build"], argparse.Namespace(**saved["args"]), saved["machine"])
+        return
 
     data_dir = os.environ["NSL_LAB_DATA"]
     settings = [(fraction, name) for fraction in args.fractions for name in args.configs]
@@ -100,7 +106,8 @@ def main() -> None:
         report(rows, graph_future.result() if graph_future else None, args)
 
 
-def report(rows: list[dict], graph: dict | None, args: argparse.Namespace) -> None:
+def report(rows: list[dict], graph: dict | None, args: argparse.Namespace, machine_info: dict | None = None) -> None:
+    machine_info = machine_info or machine()
     def cell(config: str, fraction: str) -> dict | None:
         return next((r for r in rows if r["config"] == config and r["label_frac"] == fraction), None)
 
@@ -127,20 +134,20 @@ def report(rows: list[dict], graph: dict | None, args: argparse.Namespace) -> No
     markdown = "\n".join([
         f"# IMDB: test accuracy (%) against label fraction ({', '.join(args.configs)})",
         "",
-        f"Seed {args.seed}, test on the 25,000 test reviews, `experiment=imdb_label_frac` with {args.steps} optimizer "
-        f"steps per run (batch 64, each review's last 160 tokens, BiLSTM 2 x 32, one thread; {args.jobs} runs at a "
-        "time on the shared "
-        "2-core machine, so wall times include contention). "
+        f"Seed {args.seed}, test on the 25,000 test reviews, {args.steps} optimizer steps per run, overriding each "
+        "config's preset: " + "; ".join(f"{CONFIGS[name][0]}: `{' '.join(CONFIGS[name][1])}`" for name in args.configs) +
+        f" (batch 64, each review's last 160 tokens, BiLSTM 2 x 32, one thread; {args.jobs} runs at a time on the "
+        "shared 2-core machine, so wall times include contention). "
         f"Reproduce: `python benchmarks/imdb_label_frac.py --configs {' '.join(args.configs)} --steps {args.steps} "
         f"--jobs {args.jobs} --name {args.name}`",
         "",
         *lines,
         "",
         graph_line,
-        f"- Machine: {machine()}",
+        f"- Machine: {machine_info}",
         "",
     ])
-    write(args.name, {"runs": rows, "graph_build": graph, "machine": machine(), "args": vars(args)}, markdown)
+    write(args.name, {"runs": rows, "graph_build": graph, "machine": machine_info, "args": vars(args)}, markdown)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,10 @@ def check_range(
     if too_low or too_high or value != value:  # value != value catches NaN
         raise ConfigError(f"{name}={value!r} is out of range; allowed: {describe()}")
     return value
+
+
+def check_integer(name: str, value: Any, minimum: int) -> int:
+    """Checks that ``value`` is an integer (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} is not allowed; it must be an integer >= {minimum}")
+    return value

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from nsl_lab.batch import Batch
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
-from nsl_lab.errors import ConfigError, check_range
+from nsl_lab.errors import ConfigError, check_integer, check_range
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -107,8 +107,7 @@ class ImageDataModule(pl.LightningDataModule):
         super().__init__()
         check_label_setting(label_frac, None)
         for name, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"data.{name}={value!r} is not allowed; it must be an integer >= 1")
+            check_integer(f"data.{name}", value, 1)
         check_range("data.val_size", val_size, 0)
         check_range("data.crop_padding", crop_padding, 0)
         if normalize and (mean is None or std is None):

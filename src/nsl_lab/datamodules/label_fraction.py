@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from nsl_lab.errors import ConfigError, check_range
+from nsl_lab.errors import ConfigError, check_integer, check_range
 
 
 def check_label_setting(label_frac: float | None, labels_per_class: int | None) -> None:
@@ -14,10 +14,8 @@ def check_label_setting(label_frac: float | None, labels_per_class: int | None) 
         )
     if label_frac is not None:
         check_range("data.label_frac", label_frac, 0.0, 1.0, low_inclusive=False)
-    if labels_per_class is not None and (
-        isinstance(labels_per_class, bool) or not isinstance(labels_per_class, int) or labels_per_class < 1
-    ):
-        raise ConfigError(f"data.labels_per_class={labels_per_class!r} is not allowed; it must be an integer >= 1")
+    if labels_per_class is not None:
+        check_integer("data.labels_per_class", labels_per_class, 1)
 
 
 def stratified_label_subset(

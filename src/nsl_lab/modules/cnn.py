@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nsl_lab.errors import ConfigError, check_range
+from nsl_lab.errors import ConfigError, check_integer, check_range
 from nsl_lab.modules.output import Output
 
 
@@ -88,8 +88,7 @@ class CNN(ImageBackbone):
     ) -> None:
         super().__init__()
         self.channels = _check_widths("channels", channels)
-        if isinstance(convs_per_stage, bool) or not isinstance(convs_per_stage, int) or convs_per_stage < 1:
-            raise ConfigError(f"backbone.convs_per_stage={convs_per_stage!r} must be an integer >= 1")
+        check_integer("backbone.convs_per_stage", convs_per_stage, 1)
         check_range("backbone.hidden_size", hidden_size, 0)
         check_range("backbone.dropout", dropout, 0.0, 1.0, high_inclusive=False)
         self.in_features, self.num_classes = int(in_features), int(num_classes)
@@ -161,8 +160,7 @@ class ResNet(ImageBackbone):
     ) -> None:
         super().__init__()
         self.widths = _check_widths("widths", widths)
-        if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
-            raise ConfigError(f"backbone.blocks_per_stage={blocks_per_stage!r} must be an integer >= 1")
+        check_integer("backbone.blocks_per_stage", blocks_per_stage, 1)
         check_range("backbone.dropout", dropout, 0.0, 1.0, high_inclusive=False)
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.blocks_per_stage, self.dropout = blocks_per_stage, dropout

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nsl_lab.batch import Batch
-from nsl_lab.errors import ConfigError, check_range
+from nsl_lab.errors import check_integer, check_range
 from nsl_lab.modules.output import Output
 
 if TYPE_CHECKING:
@@ -36,9 +36,7 @@ class Regularizer(nn.Module):
     def __init__(self, multiplier: float = 1.0, warmup_epochs: int = 0) -> None:
         super().__init__()
         self.multiplier = float(check_range(f"{self.name}.multiplier", multiplier, 0.0))
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ConfigError(f"{self.name}.warmup_epochs={warmup_epochs!r} is not allowed; it must be an integer >= 0")
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs = check_integer(f"{self.name}.warmup_epochs", warmup_epochs, 0)
 
     def current_multiplier(self, learner: "StructuredLearner | None") -> float:
         """The multiplier at the learner's current epoch (full weight without a learner)."""

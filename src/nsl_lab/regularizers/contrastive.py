@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from nsl_lab.batch import Batch
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.modules.output import Output
 from nsl_lab.regularizers.base import Regularizer
@@ -119,11 +119,8 @@ class NeighborContrastiveRegularizer(Regularizer):
     ) -> None:
         super().__init__(multiplier, warmup_epochs)
         check_range("contrastive.temperature", temperature, 0.0, low_inclusive=False)
-        for key, value in [("hops", hops), ("sample_size", sample_size)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "hops" else 2):
-                raise ConfigError(
-                    f"contrastive.{key}={value!r} is not allowed; it must be an integer >= {1 if key == 'hops' else 2}"
-                )
+        check_integer("contrastive.hops", hops, 1)
+        check_integer("contrastive.sample_size", sample_size, 2)
         check_choice("contrastive.compare", compare, COMPARE)
         check_choice("contrastive.normalization", normalization, NORMALIZATIONS)
         self.normalization = normalization

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from nsl_lab.batch import Batch, trim_padding
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.graphs.neighbors import SAMPLING, NeighborGraph
 from nsl_lab.modules.output import Output
 from nsl_lab.regularizers.base import Regularizer
@@ -98,8 +98,7 @@ class GraphRegularizer(Regularizer):
         check_choice("graph.neighbor_sampling", neighbor_sampling, SAMPLING)
         check_choice("graph.seeds", seeds, SEEDS)
         check_choice("graph.compare", compare, COMPARE)
-        if isinstance(max_neighbors, bool) or not isinstance(max_neighbors, int) or max_neighbors < 1:
-            raise ConfigError(f"graph.max_neighbors={max_neighbors!r} is not allowed; it must be an integer >= 1")
+        check_integer("graph.max_neighbors", max_neighbors, 1)
         for pair_type, value in [
             ("labeled_labeled", labeled_labeled),
             ("labeled_unlabeled", labeled_unlabeled),

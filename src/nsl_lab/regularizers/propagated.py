@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from nsl_lab.batch import Batch
-from nsl_lab.errors import ConfigError, check_range
+from nsl_lab.errors import ConfigError, check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.graphs.propagation import label_propagation
 from nsl_lab.modules.output import Output
@@ -59,9 +59,7 @@ class PropagatedLabelRegularizer(Regularizer):
     ) -> None:
         super().__init__(multiplier, warmup_epochs)
         self.alpha = float(check_range("propagated.alpha", alpha, 0.0, 1.0, high_inclusive=False))
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"propagated.steps={steps!r} is not allowed; it must be an integer >= 1")
-        self.steps = steps
+        self.steps = check_integer("propagated.steps", steps, 1)
         self.min_certainty = float(check_range("propagated.min_certainty", min_certainty, 0.0, 1.0))
         self._cache: tuple[NeighborGraph, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
