@@ -203,5 +203,5 @@ def test_word_vector_embeddings_put_same_topic_documents_together():
 def test_word_vector_settings_are_checked():
     with pytest.raises(ConfigError, match="needs at least 2 words seen twice"):
         word_vector_embeddings([["only"], ["words"]], dim=4)
-    with pytest.raises(ConfigError, match="data.graph.window=0 is out of range"):
+    with pytest.raises(ConfigError, match="data.graph.window=0 is not allowed; it must be an integer >= 1"):
         GraphSpec.parse({"kind": "knn", "embedding": "word_vectors", "window": 0})

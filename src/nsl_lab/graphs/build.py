@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 
 METHODS = ("exact", "faiss_hnsw")
 EMBEDDINGS = ("tfidf_svd", "word_vectors", "pixels", "pca", "features", "npy")
@@ -80,7 +80,7 @@ class GraphSpec:
             check_knn_settings(self.k, self.threshold, self.method)
             check_choice("data.graph.embedding", self.embedding, EMBEDDINGS)
             check_range("data.graph.dim", self.dim, 1)
-            check_range("data.graph.window", self.window, 1)
+            check_integer("data.graph.window", self.window, 1)
             if self.embedding == "npy" and not self.path:
                 raise ConfigError("data.graph.embedding='npy' needs data.graph.path=<embeddings.npy>")
         if self.kind == "tsv" and not self.path:

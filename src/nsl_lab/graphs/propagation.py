@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from nsl_lab.errors import check_range
+from nsl_lab.errors import check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph
 
 
@@ -21,12 +21,12 @@ def label_propagation(
     non-negative; rows of nodes that no label reaches are 0.
     """
     check_range("label_propagation.alpha", alpha, 0.0, 1.0, high_inclusive=False)
-    check_range("label_propagation.steps", steps, 1)
+    check_integer("label_propagation.steps", steps, 1)
     source, target, weight = graph.edges()
     n = graph.num_nodes
     index = torch.cat([torch.stack([source, target]), torch.stack([target, source])], 1)
     adjacency = torch.sparse_coo_tensor(index, torch.cat([weight, weight]).float(), (n, n), check_invariants=False).coalesce()
-    scale = torch.sparse.sum(adjacency, 1).to_dense().clamp_min(1e-12).rsqrt() if adjacency._nnz() else torch.ones(n)
+    scale = torch.sparse.sum(adjacency, 1).to_dense().clamp_min(1e-12).rsqrt() if adjacency._nnz() else torch.ones(n, device=graph.device)
     row, column = adjacency.indices()
     normalized = torch.sparse_coo_tensor(adjacency.indices(), scale[row] * adjacency.values() * scale[column], (n, n),
                                          check_invariants=False)
