@@ -53,14 +53,20 @@ def test_imdb_propagated_labels_run(tmp_path, data_root, cache_dir):
     """experiment=imdb_propagated: word-vector graph, unlabeled reviews in the batches, pseudo-label loss."""
     run_dir = tmp_path / "run"
     small = [a for a in SMALL if not a.startswith("experiment=")]
+    # Both options on: the labels are propagated over the word-vector graph joined with the
+    # BiLSTM's own kNN graph from the first epoch, class shares aligned.
     _, metrics = run_train(["experiment=imdb_propagated", *small, "data.label_frac=0.1", "data.graph.dim=16",
-                            "logger=csv"], run_dir, cache_dir, data_root)
+                            "regularizer.propagated.feature_graph_from_epoch=0",
+                            "regularizer.propagated.align_to_prior=true", "logger=csv"], run_dir, cache_dir, data_root)
     assert 0.0 <= metrics["test/acc"] <= 1.0
     resolved = (run_dir / "config_resolved.yaml").read_text()
     assert "PropagatedLabelRegularizer" in resolved and "embedding: word_vectors" in resolved
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
     losses = [float(r["train/propagated_loss"]) for r in rows if r.get("train/propagated_loss")]
     assert losses and max(losses) > 0  # the unlabeled reviews reached the pseudo-label term
+    log = (run_dir / "train.log").read_text()
+    assert "align_to_prior=True, feature_graph_from_epoch=0, feature_graph_k=10" in log
+    assert "propagated: epoch 0, labels propagated over the data graph + a feature graph of" in log
 
 
 def test_propagated_preset_sweeps_label_fractions_only():

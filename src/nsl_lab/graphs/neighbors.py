@@ -89,6 +89,17 @@ class NeighborGraph:
         source, target, _ = self.edges()
         return torch.stack([source, target])
 
+    def join(self, other: "NeighborGraph") -> "NeighborGraph":
+        """The union of both graphs' edges; an edge in both gets the sum of its two weights."""
+        if other.num_nodes != self.num_nodes:
+            raise ConfigError(f"cannot join a graph of {other.num_nodes} nodes to one of {self.num_nodes} nodes")
+        (source, target, weight), (other_source, other_target, other_weight) = self.edges(), other.to(self.device).edges()
+        summed = torch.sparse_coo_tensor(
+            torch.stack([torch.cat([source, other_source]), torch.cat([target, other_target])]),
+            torch.cat([weight, other_weight]), (self.num_nodes, self.num_nodes), check_invariants=False,
+        ).coalesce()
+        return NeighborGraph(summed.indices(), self.num_nodes, summed.values())
+
     def neighbors(
         self,
         index: torch.Tensor,
