@@ -53,10 +53,10 @@ class PropagatedLabelRegularizer(Regularizer):
     With ``feature_graph_from_epoch = e``, from epoch ``e`` on the labels are propagated
     again at the start of every epoch, over the data's graph joined with a top-``k`` cosine
     graph of the network's own penultimate embeddings :math:`h(x_i)` of every non-test
-    sample (Iscen et al.'s iteration: the network, trained on the first pseudo-labels,
-    places same-class samples closer than the raw features did, and its graph gives better
-    pseudo-labels). It waits ``e`` epochs because an untrained network's graph is worse than
-    the data's. Needs a mini-batched datamodule (``rows`` and ``rows_batch``: IMDB, custom).
+    sample (Iscen et al.'s iteration: a network trained on the first pseudo-labels may place
+    same-class samples closer than the raw features did). It waits ``e`` epochs because an
+    untrained network's graph knows less than the data's. Needs a mini-batched datamodule
+    (``rows`` and ``rows_batch``: IMDB, custom).
 
     Args:
         multiplier: :math:`\lambda`.
