@@ -121,7 +121,7 @@ def reproduce_options(args: argparse.Namespace) -> str:
         options += f" --seed {args.seed}"
     if list(args.fractions) != FRACTIONS:
         options += " --fractions " + " ".join(args.fractions)
-    if getattr(args, "skip_graph_timing", False):
+    if args.skip_graph_timing:
         options += " --skip-graph-timing"
     return options
 
