@@ -2,9 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import run_train
 from nsl_lab.datamodules import CustomDataModule
+from nsl_lab.datamodules.samples import LabeledTopUpSampler
 from nsl_lab.errors import ConfigError
 from nsl_lab.graphs.build import similarity_graph, write_tsv
 
@@ -94,3 +97,47 @@ def test_custom_data_through_train_script(files, tmp_path, cache_dir):
                                    tmp_path / "bad", cache_dir, check=False)
     assert completed.returncode == 2 and metrics is None
     assert "nsl_lab: error: data.labels has 300 rows but data.features has 60" in completed.stderr
+
+
+def test_labeled_top_up_sampler_by_hand():
+    sampler = LabeledTopUpSampler(10, torch.tensor([2, 5, 7]), batch_size=4, labeled_per_batch=2,
+                                  generator=torch.Generator().manual_seed(0))
+    batches = list(sampler)
+    assert len(sampler) == len(batches) == 3 and [len(b) for b in batches] == [6, 6, 4]
+    # The first part of each batch is one shuffled pass over all 10 rows ...
+    assert sorted(row for batch in batches for row in batch[:-2]) == list(range(10))
+    # ... the last 2 are labeled rows, drawn in a cycle: each of 2, 5, 7 once before any repeats.
+    drawn = [row for batch in batches for row in batch[-2:]]
+    assert sorted(drawn[:3]) == [2, 5, 7] and sorted(drawn[3:]) == [2, 5, 7]
+    again = LabeledTopUpSampler(10, torch.tensor([2, 5, 7]), 4, 2, torch.Generator().manual_seed(0))
+    assert list(again) == batches  # seeded
+
+
+@settings(max_examples=25, deadline=None)
+@given(num_rows=st.integers(1, 40), labeled=st.integers(1, 10), batch_size=st.integers(1, 16),
+       per_batch=st.integers(1, 12))
+def test_every_labeled_row_is_drawn_before_any_repeats(num_rows, labeled, batch_size, per_batch):
+    labeled = min(labeled, num_rows)
+    sampler = LabeledTopUpSampler(num_rows, torch.arange(labeled), batch_size, per_batch, torch.Generator().manual_seed(1))
+    batches = list(sampler)
+    drawn = [row for batch in batches for row in batch[len(batch) - per_batch:]]
+    assert len(drawn) == per_batch * len(batches) == per_batch * -(-num_rows // batch_size)
+    for start in range(0, len(drawn) - labeled + 1, labeled):
+        assert sorted(drawn[start:start + labeled]) == list(range(labeled))
+
+
+def test_labeled_rows_in_every_training_batch(files):
+    data = make(files, label_frac=0.5, include_unlabeled=True, labeled_per_batch=3)
+    batches = list(data.train_dataloader())
+    assert len(batches) == -(-len(data.rows["train"]) // 16)
+    assert all(int((batch.y[-3:] >= 0).sum()) == 3 for batch in batches)
+    assert all(batch.neighbor_weight.shape == (len(batch), 2) for batch in batches)  # neighbours still packed
+
+
+def test_labeled_per_batch_errors(files):
+    with pytest.raises(ConfigError, match="data.labeled_per_batch=2 needs data.include_unlabeled=true"):
+        make(files, labeled_per_batch=2)
+    with pytest.raises(ConfigError, match="data.labeled_per_batch=-1 is out of range"):
+        make(files, labeled_per_batch=-1, include_unlabeled=True)
+    with pytest.raises(ConfigError, match="needs labeled training rows; there are none"):
+        LabeledTopUpSampler(5, torch.zeros(0, dtype=torch.long), 2, 1, torch.Generator())

@@ -77,4 +77,5 @@ def test_propagated_preset_sweeps_label_fractions_only():
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=imdb_propagated"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params["regularizer"] == "propagated"
-    assert cfg.data.include_unlabeled and cfg.data.neighbors == 0 and cfg.trainer.max_steps == 2400
+    assert cfg.data.include_unlabeled and cfg.data.labeled_per_batch == 8
+    assert cfg.data.neighbors == 0 and cfg.trainer.max_steps == 2400

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from nsl_lab.batch import Batch, trim_padding
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
@@ -40,6 +40,48 @@ def carve(rows: torch.Tensor, fraction: float, generator: torch.Generator) -> tu
     return order[count:].sort().values, order[:count].sort().values
 
 
+class LabeledTopUpSampler(Sampler[list[int]]):
+    """Shuffled batches of ``batch_size`` training rows, each topped up with
+    ``labeled_per_batch`` labeled rows, as SSL methods pair every unlabeled batch with a
+    labeled one (FixMatch, Sohn et al. 2020).
+
+    With 1% of the rows labeled, a plain shuffle shows each labeled row once per epoch and
+    most batches none at all; the top-up shows every batch some labels. The labeled rows are
+    drawn in a seeded cycle: each once, in a fresh order, before any repeats. Yields positions
+    into the training rows; an epoch is one pass over them.
+
+    Args:
+        num_rows: training rows (labeled or not).
+        labeled: positions of the labeled ones among them.
+        batch_size: shuffled training rows per batch (the last batch may hold fewer).
+        labeled_per_batch: labeled rows added to each batch.
+        generator: the seeded source of both orders.
+    """
+
+    def __init__(self, num_rows: int, labeled: torch.Tensor, batch_size: int, labeled_per_batch: int,
+                 generator: torch.Generator) -> None:
+        if labeled.numel() == 0:
+            raise ConfigError("data.labeled_per_batch > 0 needs labeled training rows; there are none")
+        self.num_rows, self.labeled, self.generator = num_rows, labeled, generator
+        self.batch_size, self.labeled_per_batch = batch_size, labeled_per_batch
+        self._cycle = torch.zeros(0, dtype=torch.long)
+
+    def _draw_labeled(self) -> torch.Tensor:
+        while self._cycle.numel() < self.labeled_per_batch:
+            order = self.labeled[torch.randperm(self.labeled.numel(), generator=self.generator)]
+            self._cycle = torch.cat([self._cycle, order])
+        drawn, self._cycle = self._cycle[:self.labeled_per_batch], self._cycle[self.labeled_per_batch:]
+        return drawn
+
+    def __iter__(self):
+        order = torch.randperm(self.num_rows, generator=self.generator)
+        for batch in order.split(self.batch_size):
+            yield torch.cat([batch, self._draw_labeled()]).tolist()
+
+    def __len__(self) -> int:
+        return -(-self.num_rows // self.batch_size)
+
+
 class SampleDataModule(pl.LightningDataModule):
     """Base class: subclasses implement :meth:`load_samples` and :meth:`build_graph`.
 
@@ -53,6 +95,9 @@ class SampleDataModule(pl.LightningDataModule):
     With ``neighbors = k > 0`` and a graph, each training batch packs the inputs of each
     sample's ``k`` neighbours (``neighbor_sampling``: ``top_k`` by weight or ``uniform``)
     as ``batch.neighbors`` plus ``batch.neighbor_weight [B, k]`` (0 = padding).
+
+    With ``include_unlabeled`` and ``labeled_per_batch = m > 0``, every training batch also
+    holds ``m`` labeled rows (:class:`LabeledTopUpSampler`).
     """
 
     def __init__(
@@ -66,6 +111,7 @@ class SampleDataModule(pl.LightningDataModule):
         neighbors: int = 0,
         neighbor_sampling: str = "top_k",
         include_unlabeled: bool = False,
+        labeled_per_batch: int = 0,
         batch_size: int = 64,
         eval_batch_size: int = 512,
     ) -> None:
@@ -75,13 +121,18 @@ class SampleDataModule(pl.LightningDataModule):
         check_range("data.test_frac", test_frac, 0.0, 1.0, high_inclusive=False)
         check_range("data.neighbors", neighbors, 0)
         check_range("data.batch_size", batch_size, 1)
+        check_range("data.labeled_per_batch", labeled_per_batch, 0)
+        if labeled_per_batch and not include_unlabeled:
+            raise ConfigError(f"data.labeled_per_batch={labeled_per_batch} needs data.include_unlabeled=true "
+                              "(without unlabeled rows every training row is labeled already); allowed: 0 or "
+                              "include_unlabeled=true")
         check_range("data.eval_batch_size", eval_batch_size, 1)
         check_choice("data.neighbor_sampling", neighbor_sampling, SAMPLING)
         self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
         self.label_frac, self.val_frac, self.test_frac, self.seed = label_frac, val_frac, test_frac, int(seed)
         self.graph_spec = GraphSpec.parse(dict(graph) if hasattr(graph, "items") else graph)
         self.num_neighbors, self.neighbor_sampling = int(neighbors), neighbor_sampling
-        self.include_unlabeled = bool(include_unlabeled)
+        self.include_unlabeled, self.labeled_per_batch = bool(include_unlabeled), int(labeled_per_batch)
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.graph: NeighborGraph | None = None
         self._ready = False
@@ -175,9 +226,15 @@ class SampleDataModule(pl.LightningDataModule):
         train = stage == "train"
         generator = torch.Generator().manual_seed(self.seed) if train else None
         sampler_generator = torch.Generator().manual_seed(self.seed + 1) if train else None
+        collate = partial(self.collate, stage=stage, generator=sampler_generator)
+        if train and self.labeled_per_batch:
+            rows = self.rows["train"]
+            batches = LabeledTopUpSampler(rows.numel(), (self.y_train[rows] >= 0).nonzero().flatten(),
+                                          self.batch_size, self.labeled_per_batch, generator)
+            return DataLoader(rows, batch_sampler=batches, collate_fn=collate)
         return DataLoader(
             self.rows[stage], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-            generator=generator, collate_fn=partial(self.collate, stage=stage, generator=sampler_generator),
+            generator=generator, collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:
