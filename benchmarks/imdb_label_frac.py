@@ -159,7 +159,8 @@ def report(rows: list[dict], graph: dict | None, args: argparse.Namespace, machi
         "",
         f"Seed {args.seed}, test on the 25,000 test reviews, {args.steps} optimizer steps per run, overriding each "
         "config's preset: " + "; ".join(f"{CONFIGS[name][0]}: `{' '.join(CONFIGS[name][1])}`" for name in args.configs) +
-        f" (batch 64, each review's last 160 tokens, BiLSTM 2 x 32, one thread; {args.jobs} runs at a time on the "
+        " (batches of 64 training reviews, plus `data.labeled_per_batch` labeled ones where the preset sets it; "
+        f"each review's last 160 tokens, BiLSTM 2 x 32, one thread; {args.jobs} runs at a time on the "
         "shared 2-core machine, so wall times include contention). "
         f"Reproduce: `python benchmarks/imdb_label_frac.py --configs {' '.join(args.configs)} --steps {args.steps} "
         f"--jobs {args.jobs}{reproduce_options(args)} --name {args.name}`",
