@@ -6,11 +6,12 @@ import os
 import struct
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from nsl_lab.errors import check_choice
+from nsl_lab.multirun import sweep_name
 
-MODES = ("online", "offline", "disabled")
+Mode = Literal["online", "offline", "disabled"]
 
 # wandb's run file (run-<id>.wandb) is a LevelDB-style log: a 7-byte file header, then 32 KiB
 # blocks of chunks, each with a 7-byte header (crc32c, length, type) and a protobuf Record.
@@ -25,18 +26,7 @@ def wandb_mode(mode: str | None = None) -> str:
     mode = mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     if mode == "dryrun":
         mode = "offline"
-    return check_choice("logger.mode", mode, MODES)
-
-
-def sweep_group() -> str | None:
-    """The sweep directory's name in a Hydra multirun (one W&B group per sweep), else None."""
-    from nsl_lab.sweep import in_multirun
-
-    if not in_multirun():
-        return None
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().sweep.dir).name
+    return check_choice("logger.mode", mode, Mode)
 
 
 def wandb_logger(
@@ -49,7 +39,8 @@ def wandb_logger(
     init_timeout: float = 60.0,
     **kwargs: Any,
 ):
-    """A Lightning ``WandbLogger`` that never blocks a run on the network.
+    """A Lightning ``WandbLogger`` that never blocks a run on the network; in a multirun every
+    job of the sweep lands in one group, the sweep directory's name.
 
     Without an API key the run is written offline under ``<save_dir>/wandb`` (upload later with
     ``wandb sync <save_dir>/wandb/offline-run-*``). Online, ``init_timeout`` bounds the wait
@@ -61,7 +52,7 @@ def wandb_logger(
     mode = wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
-        save_dir=str(save_dir), project=project, name=name, group=group or sweep_group(),
+        save_dir=str(save_dir), project=project, name=name, group=group or sweep_name(),
         tags=[str(tag)[:64] for tag in tags if not str(tag).endswith(('=None', '=[]'))], mode=mode,
         settings=wandb.Settings(init_timeout=init_timeout, silent=True, x_disable_stats=True),
         **kwargs,

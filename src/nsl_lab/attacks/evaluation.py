@@ -40,9 +40,9 @@ class RobustAccuracy(pl.Callback):
         """From the ``eval.attack`` block; ``None`` when ``eps`` is empty."""
         if isinstance(eps, (int, float)):
             eps = [eps]
-        epsilons = [float(check_range("eval.attack.eps", e, 0.0)) for e in eps]
+        epsilons = [float(check_range("eps", e, 0.0)) for e in eps]
         if len(set(epsilons)) != len(epsilons):
-            raise ConfigError(f"eval.attack.eps={list(eps)!r} holds a value twice")
+            raise ConfigError(f"eps={list(eps)!r} holds a value twice", "eps")
         if not epsilons:
             return None
         return cls({e: make_attack(name, e, **settings) for e in epsilons})

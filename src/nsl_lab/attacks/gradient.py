@@ -1,23 +1,22 @@
 """White-box gradient attacks for evaluation: FGSM and PGD, ``attack(model, x, y) -> x_adv``."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from nsl_lab.attacks.steepest_ascent import SteepestAscent
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.attacks.steepest_ascent import BallNorm, Norm, SteepestAscent
+from nsl_lab.errors import check_choice, check_integer, check_range
+from nsl_lab.losses import summed_supervised_loss
+from nsl_lab.modules.backbone import as_output
 
-ATTACKS = ("fgsm", "pgd")
+AttackName = Literal["fgsm", "pgd"]
 
 
 def attack_loss(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy over the labeled rows (``y >= 0``): each example's gradient is its own."""
-    from nsl_lab.modules.learner import as_output  # the learner imports regularizers, which import attacks
-
-    logits = as_output(model(x_adv)).logits
-    labeled = y >= 0
-    return F.cross_entropy(logits[labeled], y[labeled], reduction="sum")
+    return summed_supervised_loss(as_output(model(x_adv)).logits, y)
 
 
 class GradientAttack:
@@ -59,11 +58,11 @@ class FGSM(GradientAttack):
         clip_min, clip_max: value range of the inputs (e.g. 0 and 1 for pixels).
     """
 
-    def __init__(self, eps: float, norm: str = "linf", clip_min: float | None = None,
+    def __init__(self, eps: float, norm: Norm = "linf", clip_min: float | None = None,
                  clip_max: float | None = None) -> None:
-        check_range("attack.eps", eps, 0.0)
+        check_range("eps", eps, 0.0)
         ascent = SteepestAscent(norm=norm, step_size=eps, steps=1, clip_min=clip_min, clip_max=clip_max,
-                                prefix="attack.", names={"step_size": "eps"})
+                                names={"step_size": "eps"})
         super().__init__(ascent, eps)
 
 
@@ -83,25 +82,24 @@ class PGD(GradientAttack):
         generator: CPU generator for the random start (``None``: torch's global one).
     """
 
-    def __init__(self, eps: float, norm: str = "linf", steps: int = 20, step_size: float | None = None,
+    def __init__(self, eps: float, norm: BallNorm = "linf", steps: int = 20, step_size: float | None = None,
                  random_start: bool = True, clip_min: float | None = None, clip_max: float | None = None,
                  generator: torch.Generator | None = None) -> None:
-        check_range("attack.eps", eps, 0.0)
-        check_choice("attack.norm", norm, ("linf", "l2"))
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"attack.steps={steps!r} is not allowed; it must be an integer >= 1")
+        check_range("eps", eps, 0.0)
+        check_choice("norm", norm, BallNorm)
+        check_integer("steps", steps, 1)
         step_size = 2.5 * eps / steps if step_size is None else step_size
         ascent = SteepestAscent(norm=norm, step_size=step_size, steps=steps, epsilon=eps,
                                 random_init=random_start, clip_min=clip_min, clip_max=clip_max,
-                                prefix="attack.", names={"epsilon": "eps", "random_init": "random_start"})
+                                names={"epsilon": "eps", "random_init": "random_start"})
         super().__init__(ascent, eps, generator)
 
 
-def make_attack(name: str, eps: float, norm: str = "linf", steps: int = 20, step_size: float | None = None,
+def make_attack(name: AttackName, eps: float, norm: Norm = "linf", steps: int = 20, step_size: float | None = None,
                 random_start: bool = True, clip_min: float | None = None,
                 clip_max: float | None = None) -> GradientAttack:
     """An attack from the ``eval.attack`` settings (``name`` = ``fgsm`` or ``pgd``)."""
-    check_choice("eval.attack.name", name, ATTACKS)
+    check_choice("name", name, AttackName)
     if name == "fgsm":
         return FGSM(eps, norm, clip_min, clip_max)
     return PGD(eps, norm, steps, step_size, random_start, clip_min, clip_max)

@@ -3,15 +3,17 @@ regularizer and the FGSM / PGD attacks (direction, projection, clipping, masking
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import nn
 
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 
-NORMS = ("linf", "l2", "l1")
-PROJECTION_NORMS = ("linf", "l2")
+#: steepest-ascent directions
+Norm = Literal["linf", "l2", "l1"]
+#: norms with a ball to project onto (and to start in)
+BallNorm = Literal["linf", "l2"]
 #: guards divisions by a zero norm (a zero gradient gives a zero direction)
 TINY = 1e-12
 
@@ -23,7 +25,7 @@ def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def steepest_direction(grad: torch.Tensor, norm: str, feature_mask: torch.Tensor | None = None) -> torch.Tensor:
+def steepest_direction(grad: torch.Tensor, norm: Norm, feature_mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""Per example, the unit-norm :math:`d` maximising :math:`g^\top d` (NSL's semantics).
 
     - ``linf``: :math:`\operatorname{sign}(g)`;
@@ -47,11 +49,11 @@ def steepest_direction(grad: torch.Tensor, norm: str, feature_mask: torch.Tensor
         top = (magnitude == magnitude.amax(dim=1, keepdim=True)) & (magnitude > 0)
         direction = flat.sign() * top / top.sum(dim=1, keepdim=True).clamp_min(1)
     else:
-        check_choice("norm", norm, NORMS)
+        check_choice("norm", norm, Norm)
     return direction.reshape(grad.shape)
 
 
-def project(delta: torch.Tensor, norm: str, epsilon: float) -> torch.Tensor:
+def project(delta: torch.Tensor, norm: BallNorm, epsilon: float) -> torch.Tensor:
     """Projects each example's ``delta`` onto the ``norm`` ball of radius ``epsilon``."""
     if norm == "linf":
         return delta.clamp(-epsilon, epsilon)
@@ -59,11 +61,11 @@ def project(delta: torch.Tensor, norm: str, epsilon: float) -> torch.Tensor:
         length = delta.flatten(1).norm(dim=1)
         scale = (epsilon / length.clamp_min(TINY)).clamp(max=1.0)
         return delta * _per_example(scale, delta)
-    raise ConfigError(f"projection norm={norm!r} is not supported; allowed: 'linf', 'l2'")
+    raise ConfigError(f"projection norm={norm!r} is not supported; allowed: 'linf', 'l2'", "norm")
 
 
 def random_in_ball(
-    like: torch.Tensor, norm: str, epsilon: float, generator: torch.Generator | None = None
+    like: torch.Tensor, norm: BallNorm, epsilon: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """A random point of the ``norm`` ball of radius ``epsilon`` per example.
 
@@ -79,7 +81,8 @@ def random_in_ball(
         direction = direction / direction.flatten(1).norm(dim=1).clamp_min(TINY).reshape(-1, *[1] * (like.dim() - 1))
         radius = torch.rand(like.shape[0], generator=generator, dtype=like.dtype) * epsilon
         return (direction * _per_example(radius, like)).to(like.device)
-    raise ConfigError(f"random_init needs a projection norm; norm={norm!r} is not supported; allowed: 'linf', 'l2'")
+    raise ConfigError(f"random_init needs a projection norm; norm={norm!r} is not supported; allowed: 'linf', 'l2'",
+                      "norm")
 
 
 @contextlib.contextmanager
@@ -118,12 +121,13 @@ class SteepestAscent:
         clip_min, clip_max: value range of the perturbed input (``None`` = unbounded).
         feature_mask: 1 where an input coordinate may move, 0 where it must not
             (broadcast against one example).
-        prefix: names settings in error messages (``adversarial.`` or ``attack.``).
+        names: how the caller names the settings in error messages (e.g. the adversarial
+            regularizer calls ``epsilon`` ``pgd_epsilon``).
     """
 
     def __init__(
         self,
-        norm: str = "linf",
+        norm: Norm = "linf",
         step_size: float = 0.01,
         steps: int = 1,
         epsilon: float | None = None,
@@ -131,30 +135,30 @@ class SteepestAscent:
         clip_min: float | None = None,
         clip_max: float | None = None,
         feature_mask: torch.Tensor | None = None,
-        prefix: str = "",
         names: dict[str, str] | None = None,
     ) -> None:
         names = {"norm": "norm", "step_size": "step_size", "steps": "steps", "epsilon": "epsilon",
                  "random_init": "random_init", **(names or {})}
 
         def named(key: str) -> str:
-            return prefix + names[key]
+            return names[key]
 
-        check_choice(named("norm"), norm, NORMS)
+        check_choice(named("norm"), norm, Norm)
         check_range(named("step_size"), step_size, 0.0)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"{named('steps')}={steps!r} is not allowed; it must be an integer >= 1")
+        check_integer(named("steps"), steps, 1)
         if epsilon is not None:
             check_range(named("epsilon"), epsilon, 0.0)
-            check_choice(f"{named('norm')} (with {named('epsilon')} set)", norm, PROJECTION_NORMS)
+            if norm not in ("linf", "l2"):
+                raise ConfigError(f"{named('norm')}={norm!r} has no ball to project onto ({named('epsilon')} is set); "
+                                  "allowed: 'linf', 'l2'", named("norm"))
         if random_init and epsilon is None:
-            raise ConfigError(f"{named('random_init')}=True needs {named('epsilon')} (the ball to start in)")
+            raise ConfigError(f"{named('random_init')}=True needs {named('epsilon')} (the ball to start in)",
+                              named("random_init"))
         if clip_min is not None and clip_max is not None and clip_min > clip_max:
-            raise ConfigError(f"{prefix}clip_min={clip_min!r} must be <= {prefix}clip_max={clip_max!r}")
+            raise ConfigError(f"clip_min={clip_min!r} must be <= clip_max={clip_max!r}", "clip_min")
         self.norm, self.step_size, self.steps, self.epsilon = norm, float(step_size), steps, epsilon
         self.random_init, self.clip_min, self.clip_max = bool(random_init), clip_min, clip_max
         self.feature_mask = None if feature_mask is None else torch.as_tensor(feature_mask, dtype=torch.float32)
-        self.prefix = prefix
 
     def check_mask(self, x: torch.Tensor) -> None:
         """The mask must broadcast against one example of ``x``."""
@@ -164,8 +168,8 @@ class SteepestAscent:
         except RuntimeError:
             fits = False
         if not fits:
-            raise ConfigError(f"{self.prefix}feature_mask of shape {tuple(self.feature_mask.shape)} does not "
-                              f"broadcast against one input of shape {shape}")
+            raise ConfigError(f"feature_mask of shape {tuple(self.feature_mask.shape)} does not "
+                              f"broadcast against one input of shape {shape}", "feature_mask")
 
     def clip(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """``delta`` such that ``x + delta`` stays in ``[clip_min, clip_max]`` (never grows it)."""

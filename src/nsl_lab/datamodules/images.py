@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -88,6 +88,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     num_features: int
     num_classes: int
+    input_kind = "images"
+    preset: str | None = None
+
+    @classmethod
+    def provides(cls, settings: Mapping[str, Any]) -> frozenset[str]:
+        """Batches of labeled images: no graph, no unlabeled rows."""
+        return frozenset()
 
     def __init__(
         self,
@@ -108,8 +115,9 @@ class ImageDataModule(pl.LightningDataModule):
         check_label_setting(label_frac, None)
         for name, value in [("batch_size", batch_size), ("eval_batch_size", eval_batch_size)]:
             check_integer(f"data.{name}", value, 1)
-        check_range("data.val_size", val_size, 0)
-        check_range("data.crop_padding", crop_padding, 0)
+        check_integer("data.val_size", val_size, 0)
+        check_integer("data.crop_padding", crop_padding, 0)
+        check_integer("seed", seed, 0)
         if normalize and (mean is None or std is None):
             raise ConfigError("data.normalize=true needs data.mean and data.std (one value per channel)")
         self.data_dir = Path(data_dir).expanduser()
@@ -190,9 +198,11 @@ class DigitsDataModule(ImageDataModule):
         **kwargs: see :class:`ImageDataModule` (``data_dir`` is unused).
     """
 
+    preset = "digits_cnn"
+
     def __init__(self, test_size: int = 360, val_size: int = 180, **kwargs) -> None:
         super().__init__(val_size=val_size, **kwargs)
-        check_range("data.test_size", test_size, 1)
+        check_integer("data.test_size", test_size, 1)
         self.test_size = int(test_size)
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

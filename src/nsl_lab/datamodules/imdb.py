@@ -12,7 +12,7 @@ import torch
 
 from nsl_lab.datamodules.samples import SampleDataModule, Samples
 from nsl_lab.datamodules.text import TRUNCATE, Vocabulary, pad_sequences, tokenize
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_integer
 from nsl_lab.graphs.build import GraphSpec, text_embeddings, word_vector_embeddings
 from nsl_lab.graphs.neighbors import NeighborGraph
 
@@ -79,6 +79,10 @@ class IMDBDataModule(SampleDataModule):
         Other arguments: see :class:`SampleDataModule`.
     """
 
+    input_kind = "tokens"
+    preset = "imdb_propagated"
+    default_graph = "knn"
+
     def __init__(
         self,
         data_dir: str = "data",
@@ -95,11 +99,12 @@ class IMDBDataModule(SampleDataModule):
     ) -> None:
         super().__init__(graph=graph if graph is not None else {"kind": "knn"}, **kwargs)
         check_choice("data.source", source, SOURCES)
-        check_range("data.max_len", max_len, 1)
+        check_integer("data.max_len", max_len, 1)
+        check_integer("data.vocab_size", vocab_size, 1)
+        check_integer("data.min_freq", min_freq, 1)
         check_choice("data.truncate", truncate, TRUNCATE)
         for name, value in [("train_size", train_size), ("test_size", test_size)]:
-            if value is not None:
-                check_range(f"data.{name}", value, 2)
+            check_integer(f"data.{name}", value, 2, optional=True)
         if self.graph_spec.kind not in ("none", "knn"):
             raise ConfigError(f"data.graph.kind={self.graph_spec.kind!r} is not available for IMDB; allowed: 'knn', 'none'")
         if self.graph_spec.kind == "knn" and self.graph_spec.embedding not in TEXT_EMBEDDINGS:

@@ -7,14 +7,16 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from nsl_lab.batch import Batch
+from nsl_lab.context import GraphData, Requirement
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
-from nsl_lab.errors import ConfigError, check_choice
+from nsl_lab.errors import ConfigError, check_choice, check_integer
 from nsl_lab.graphs.build import GraphSpec, dense_embeddings, similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph
 
@@ -87,6 +89,14 @@ class PlanetoidDataModule(pl.LightningDataModule):
         download: fetch the raw files with torch-geometric when they are missing.
     """
 
+    input_kind = "features"
+    preset = "cora_public"
+
+    @classmethod
+    def provides(cls, settings: Mapping[str, Any]) -> frozenset[Requirement]:
+        """Every stage is one batch holding the whole graph, unlabeled nodes included."""
+        return frozenset({"graph", "batch_graph", "neighbors", "unlabeled_in_batch"})
+
     def __init__(
         self,
         name: str = "Cora",
@@ -111,6 +121,7 @@ class PlanetoidDataModule(pl.LightningDataModule):
                 self.graph_spec = replace(self.graph_spec, embedding="features")
             check_choice("data.graph.embedding", self.graph_spec.embedding, ("features", "pca"))
         check_label_setting(label_frac, labels_per_class)
+        check_integer("seed", seed, 0)
         self.name, self.data_dir = name, Path(data_dir).expanduser()
         self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
         self.label_frac, self.labels_per_class, self.seed = label_frac, labels_per_class, int(seed)
@@ -234,10 +245,11 @@ class PlanetoidDataModule(pl.LightningDataModule):
             "test": stage_batch(data.test_mask.nonzero().flatten()),
         }
 
-    @property
-    def train_labels(self) -> torch.Tensor:
-        """Every node's training label, ``-1`` where none is kept."""
-        return self._batches["train"].y
+    def graph_data(self) -> GraphData:
+        """The citation (or kNN) graph and every node's training label; every training batch
+        is the whole graph."""
+        rows = {stage: batch.labeled.nonzero().flatten() for stage, batch in self._batches.items()}
+        return GraphData(self.graph, self._batches["train"].y, self.num_classes, rows, full_batch=True)
 
     def _scored_rows(self, stage: str) -> Batch:
         """The stage's batch cut to its labeled rows.

@@ -10,17 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any, ClassVar, Mapping
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from nsl_lab.batch import Batch, trim_padding
+from nsl_lab.context import GraphData, Requirement
+from nsl_lab.modules.backbone import InputKind
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
 from nsl_lab.datamodules.planetoid import default_cache_dir
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.graphs.build import GraphSpec, load_graph, save_graph, similarity_graph
-from nsl_lab.graphs.neighbors import SAMPLING, NeighborGraph
+from nsl_lab.graphs.neighbors import NeighborGraph, Sampling
 
 
 @dataclass
@@ -100,6 +103,25 @@ class SampleDataModule(pl.LightningDataModule):
     holds ``m`` labeled rows (:class:`LabeledTopUpSampler`).
     """
 
+    input_kind: ClassVar[InputKind] = "features"
+    preset: ClassVar[str | None] = None
+    #: the graph a subclass builds when ``graph`` is not set
+    default_graph: ClassVar[str] = "none"
+
+    @classmethod
+    def provides(cls, settings: Mapping[str, Any]) -> frozenset[Requirement]:
+        """What training batches give a regularizer with these settings (``data.*``)."""
+        graph = settings.get("graph") or cls.default_graph
+        kind = graph.get("kind", "knn") if isinstance(graph, Mapping) else graph
+        provided: set[Requirement] = set()
+        if kind != "none":
+            provided.add("graph")
+            if settings.get("neighbors", 0):
+                provided.add("neighbors")
+        if settings.get("include_unlabeled", False):
+            provided.add("unlabeled_in_batch")
+        return frozenset(provided)
+
     def __init__(
         self,
         cache_dir: str | None = None,
@@ -119,15 +141,16 @@ class SampleDataModule(pl.LightningDataModule):
         check_label_setting(label_frac, None)
         check_range("data.val_frac", val_frac, 0.0, 1.0, high_inclusive=False)
         check_range("data.test_frac", test_frac, 0.0, 1.0, high_inclusive=False)
-        check_range("data.neighbors", neighbors, 0)
-        check_range("data.batch_size", batch_size, 1)
-        check_range("data.labeled_per_batch", labeled_per_batch, 0)
+        check_integer("data.neighbors", neighbors, 0)
+        check_integer("data.batch_size", batch_size, 1)
+        check_integer("data.labeled_per_batch", labeled_per_batch, 0)
+        check_integer("seed", seed, 0)
         if labeled_per_batch and not include_unlabeled:
             raise ConfigError(f"data.labeled_per_batch={labeled_per_batch} needs data.include_unlabeled=true "
                               "(without unlabeled rows every training row is labeled already); allowed: 0 or "
                               "include_unlabeled=true")
-        check_range("data.eval_batch_size", eval_batch_size, 1)
-        check_choice("data.neighbor_sampling", neighbor_sampling, SAMPLING)
+        check_integer("data.eval_batch_size", eval_batch_size, 1)
+        check_choice("data.neighbor_sampling", neighbor_sampling, Sampling)
         self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
         self.label_frac, self.val_frac, self.test_frac, self.seed = label_frac, val_frac, test_frac, int(seed)
         self.graph_spec = GraphSpec.parse(dict(graph) if hasattr(graph, "items") else graph)
@@ -201,10 +224,11 @@ class SampleDataModule(pl.LightningDataModule):
         self._ready = True
 
     # -- batches -------------------------------------------------------------------------
-    @property
-    def train_labels(self) -> torch.Tensor:
-        """Every sample's training label, ``-1`` where none is kept."""
-        return self.y_train
+    def graph_data(self) -> GraphData:
+        """The sample graph, every row's training label and a way to batch any rows."""
+        return GraphData(self.graph, self.y_train, self.num_classes, dict(self.rows),
+                         batch_rows=lambda rows: self.rows_batch(rows, self.y_train),
+                         eval_batch_size=self.eval_batch_size)
 
     def rows_batch(self, index: torch.Tensor, y: torch.Tensor) -> Batch:
         lengths = None if self.samples.lengths is None else self.samples.lengths[index]

@@ -1,11 +1,14 @@
 """Neighbour lookup over a weighted sample graph, vectorised on the device."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_integer
 
-SAMPLING = ("top_k", "uniform")
+#: how neighbours are chosen: the heaviest edges, or drawn uniformly each time
+Sampling = Literal["top_k", "uniform"]
 
 
 class NeighborGraph:
@@ -104,7 +107,7 @@ class NeighborGraph:
         self,
         index: torch.Tensor,
         k: int,
-        sampling: str = "top_k",
+        sampling: Sampling = "top_k",
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``k`` neighbours of each node in ``index``.
@@ -114,8 +117,8 @@ class NeighborGraph:
         heaviest edges (ties in input order); ``"uniform"`` draws ``k`` distinct
         neighbours uniformly at random (all of them when the degree is ``<= k``).
         """
-        check_range("max_neighbors", k, 1)
-        check_choice("neighbor_sampling", sampling, SAMPLING)
+        check_integer("max_neighbors", k, 1)
+        check_choice("neighbor_sampling", sampling, Sampling)
         index = index.to(self.device)
         start = self.indptr[index]
         degree = self.indptr[index + 1] - start

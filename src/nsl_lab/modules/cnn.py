@@ -8,13 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from nsl_lab.errors import ConfigError, check_integer, check_range
-from nsl_lab.modules.output import Output
+from nsl_lab.modules.backbone import Backbone, Output
 
 
 def _check_widths(name: str, widths: Sequence[int]) -> list[int]:
-    widths = [int(w) for w in widths]
-    if not widths or any(w < 1 for w in widths):
-        raise ConfigError(f"backbone.{name}={widths} must be a non-empty list of integers >= 1")
+    widths = list(widths)
+    if not widths:
+        raise ConfigError(f"backbone.{name}=[] must be a non-empty list of integers >= 1", f"backbone.{name}")
+    for width in widths:
+        check_integer(f"backbone.{name}", width, 1)
     return widths
 
 
@@ -26,23 +28,17 @@ def conv_bn(in_channels: int, out_channels: int, stride: int = 1, batch_norm: bo
     )
 
 
-class ImageBackbone(nn.Module):
-    """The backbone contract for images: ``embed`` is the identity (perturbations apply to
-    pixels), ``head`` runs ``features`` -> global average pool -> optional hidden layer ->
-    classifier and names the pooled (or hidden) vector as the embedding."""
+class ImageBackbone(Backbone):
+    """Images in, ``embed`` the identity (perturbations apply to pixels): ``head`` runs
+    ``features`` -> global average pool -> optional dense layer -> classifier, and returns the
+    pooled (or dense) vector as the hidden layer."""
+
+    accepts = ("images",)
 
     features: nn.Module
     hidden_layer: nn.Module | None
     classifier: nn.Linear
     dropout: float
-
-    def reset_parameters(self) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
     def head(self, z: torch.Tensor, **_: object) -> Output:
         h = self.features(z).mean(dim=(-2, -1))
@@ -50,9 +46,6 @@ class ImageBackbone(nn.Module):
             h = F.relu(self.hidden_layer(h))
         h = F.dropout(h, self.dropout, self.training)
         return Output(self.classifier(h), h)
-
-    def forward(self, x: torch.Tensor, **extra: object) -> Output:
-        return self.head(self.embed(x), **extra)
 
 
 class CNN(ImageBackbone):
@@ -76,6 +69,8 @@ class CNN(ImageBackbone):
         batch_norm: batch norm after every convolution.
     """
 
+    repr_settings = ("channels", "convs_per_stage", "hidden_size", "dropout", "batch_norm")
+
     def __init__(
         self,
         in_features: int,
@@ -89,7 +84,7 @@ class CNN(ImageBackbone):
         super().__init__()
         self.channels = _check_widths("channels", channels)
         check_integer("backbone.convs_per_stage", convs_per_stage, 1)
-        check_range("backbone.hidden_size", hidden_size, 0)
+        check_integer("backbone.hidden_size", hidden_size, 0)
         check_range("backbone.dropout", dropout, 0.0, 1.0, high_inclusive=False)
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.convs_per_stage, self.hidden_size = convs_per_stage, int(hidden_size)
@@ -105,12 +100,6 @@ class CNN(ImageBackbone):
         self.hidden_layer = nn.Linear(width, self.hidden_size) if self.hidden_size else None
         self.classifier = nn.Linear(self.hidden_size or width, self.num_classes)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}({self.in_features}, {self.num_classes}, channels={self.channels}, "
-            f"convs_per_stage={self.convs_per_stage}, hidden_size={self.hidden_size}, dropout={self.dropout}, "
-            f"batch_norm={self.batch_norm})"
-        )
 
 
 class _PoolIfLarge(nn.Module):
@@ -150,6 +139,8 @@ class ResNet(ImageBackbone):
         dropout: dropout before the classifier.
     """
 
+    repr_settings = ("widths", "blocks_per_stage", "dropout")
+
     def __init__(
         self,
         in_features: int,
@@ -173,9 +164,3 @@ class ResNet(ImageBackbone):
         self.features = nn.Sequential(*layers)
         self.hidden_layer = None
         self.classifier = nn.Linear(width, self.num_classes)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}({self.in_features}, {self.num_classes}, widths={self.widths}, "
-            f"blocks_per_stage={self.blocks_per_stage}, dropout={self.dropout})"
-        )

@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.modules.dropout import dropout
-from nsl_lab.modules.output import Output
+from nsl_lab.modules.backbone import Backbone, Output
 
+Activation = Literal["relu", "elu", "gelu", "tanh"]
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
@@ -69,7 +70,7 @@ def linear_any(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return layer(x)
 
 
-class FFN(nn.Module):
+class FFN(Backbone):
     r"""Feed-forward classifier, the backbone for feature vectors.
 
     .. math::
@@ -78,7 +79,7 @@ class FFN(nn.Module):
         z = W_z h_L + b_z \ (\text{or } z = h_L),\quad \mathrm{logits} = W_c z + b_c
 
     ``embed`` is the identity (perturbations apply to the raw features); ``head`` returns
-    the logits and :math:`z` as the named penultimate embedding. With ``embedding_size``
+    the logits and :math:`z` as the hidden (penultimate) layer. With ``projection_size``
     set, :math:`z` is a linear projection of the last hidden layer (Graph-MLP's
     architecture, where a contrastive loss shapes :math:`z`). ``norm`` is LayerNorm when
     ``layer_norm`` is set. Sparse COO inputs (bag-of-words) go through a sparse first layer.
@@ -91,9 +92,14 @@ class FFN(nn.Module):
         input_dropout: dropout probability on the input features.
         activation: one of ``relu``, ``elu``, ``gelu``, ``tanh``.
         layer_norm: LayerNorm after every hidden activation.
-        embedding_size: width of a linear embedding layer before the classifier (none: the
-            last hidden layer is the embedding).
+        projection_size: width of a linear projection before the classifier, the hidden
+            layer :math:`z` (none: the last hidden layer is :math:`z`).
+
+    Shapes: ``x [N, in_features]`` (dense or sparse COO) -> ``logits [N, num_classes]``,
+    ``hidden [N, projection_size or hidden_sizes[-1]]``.
     """
+
+    repr_settings = ("hidden_sizes", "dropout", "input_dropout", "activation", "layer_norm", "projection_size")
 
     def __init__(
         self,
@@ -102,36 +108,32 @@ class FFN(nn.Module):
         hidden_sizes: Sequence[int] = (256,),
         dropout: float = 0.5,
         input_dropout: float = 0.0,
-        activation: str = "relu",
+        activation: Activation = "relu",
         layer_norm: bool = False,
-        embedding_size: int | None = None,
+        projection_size: int | None = None,
     ) -> None:
         super().__init__()
-        check_choice("backbone.activation", activation, ACTIVATIONS)
+        check_choice("backbone.activation", activation, Activation)
         check_range("backbone.dropout", dropout, 0.0, 1.0, high_inclusive=False)
         check_range("backbone.input_dropout", input_dropout, 0.0, 1.0, high_inclusive=False)
-        hidden_sizes = [int(h) for h in hidden_sizes]
-        if any(h < 1 for h in hidden_sizes):
-            raise ConfigError(f"backbone.hidden_sizes={hidden_sizes} must all be >= 1")
-        if embedding_size is not None and (not hidden_sizes or embedding_size < 1):
-            raise ConfigError(f"backbone.embedding_size={embedding_size} needs hidden layers and a size >= 1")
+        check_integer("backbone.in_features", in_features, 1)
+        check_integer("backbone.num_classes", num_classes, 1)
+        hidden_sizes = list(hidden_sizes)
+        for width in hidden_sizes:
+            check_integer("backbone.hidden_sizes", width, 1)
+        check_integer("backbone.projection_size", projection_size, 1, optional=True)
+        if projection_size is not None and not hidden_sizes:
+            raise ConfigError(f"backbone.projection_size={projection_size} needs hidden layers (hidden_sizes)",
+                              "backbone.projection_size")
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.hidden_sizes, self.dropout, self.input_dropout = hidden_sizes, dropout, input_dropout
-        self.activation, self.layer_norm, self.embedding_size = activation, layer_norm, embedding_size
+        self.activation, self.layer_norm, self.projection_size = activation, layer_norm, projection_size
         widths = [self.in_features, *hidden_sizes]
         self.hidden_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.norms = nn.ModuleList((nn.LayerNorm(h) if layer_norm else nn.Identity()) for h in hidden_sizes)
         self.act = ACTIVATIONS[activation]()
-        self.embedding = nn.Linear(widths[-1], embedding_size) if embedding_size else None
-        self.classifier = nn.Linear(embedding_size or widths[-1], self.num_classes)
-
-    def reset_parameters(self) -> None:
-        for module in [*self.hidden_layers, *self.norms, self.embedding, self.classifier]:
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        self.projection = nn.Linear(widths[-1], projection_size) if projection_size else None
+        self.classifier = nn.Linear(projection_size or widths[-1], self.num_classes)
 
     def head(self, z: torch.Tensor, **_: object) -> Output:
         if z.is_sparse:
@@ -140,19 +142,6 @@ class FFN(nn.Module):
             h = dropout(z, self.input_dropout, self.training)
         for layer, norm in zip(self.hidden_layers, self.norms):
             h = dropout(norm(self.act(linear_any(layer, h))), self.dropout, self.training)
-        if self.embedding is not None:
-            h = self.embedding(h)
+        if self.projection is not None:
+            h = self.projection(h)
         return Output(linear_any(self.classifier, h), h)
-
-    def forward(self, x: torch.Tensor, **extra: object) -> Output:
-        return self.head(self.embed(x), **extra)
-
-    def __repr__(self) -> str:
-        extras = "".join(
-            f", {k}={v!r}" for k, v in [("layer_norm", self.layer_norm), ("embedding_size", self.embedding_size),
-                                        ("input_dropout", self.input_dropout)] if v
-        )
-        return (
-            f"{self.__class__.__name__}({self.in_features}, {self.num_classes}, hidden_sizes={self.hidden_sizes}, "
-            f"dropout={self.dropout}, activation={self.activation!r}{extras})"
-        )

@@ -1,18 +1,21 @@
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nsl_lab.errors import check_choice, check_range
-from nsl_lab.modules.output import Output
+from nsl_lab.errors import check_choice, check_integer, check_range
+from nsl_lab.modules.backbone import Backbone, Output
 
+Cell = Literal["lstm", "gru"]
+Pooling = Literal["max", "mean", "last"]
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
-POOLING = ("max", "mean", "last")
 
 
-class RNNClassifier(nn.Module):
+class RNNClassifier(Backbone):
     r"""Embedding + (bi)LSTM/GRU + pooling + classifier, for padded token ids.
 
     .. math::
@@ -25,7 +28,7 @@ class RNNClassifier(nn.Module):
     directions). ``embed(x)`` returns the word embeddings :math:`e`, the point where an
     adversarial regularizer perturbs the input (Miyato et al., adversarial training on
     word embeddings); ``head(e, lengths=...)`` returns the logits and :math:`z` as the
-    penultimate embedding a graph regularizer compares.
+    hidden layer a graph regularizer compares.
 
     Args:
         in_features: vocabulary size (id 0 is padding).
@@ -36,9 +39,13 @@ class RNNClassifier(nn.Module):
         bidirectional: run a backward RNN too.
         num_layers: stacked RNN layers.
         pooling: ``max``, ``mean`` or ``last``.
-        embedding_size: width of :math:`z`.
+        projection_size: width of :math:`z`, the hidden layer.
         dropout: dropout on the embeddings, the pooled states and :math:`z`.
     """
+
+    accepts = ("tokens",)
+    repr_settings = ("embedding_dim", "hidden_size", "cell", "bidirectional", "num_layers", "pooling",
+                     "projection_size", "dropout")
 
     def __init__(
         self,
@@ -46,28 +53,31 @@ class RNNClassifier(nn.Module):
         num_classes: int,
         embedding_dim: int = 64,
         hidden_size: int = 64,
-        cell: str = "lstm",
+        cell: Cell = "lstm",
         bidirectional: bool = True,
         num_layers: int = 1,
-        pooling: str = "max",
-        embedding_size: int = 64,
+        pooling: Pooling = "max",
+        projection_size: int = 64,
         dropout: float = 0.3,
     ) -> None:
         super().__init__()
-        check_choice("backbone.cell", cell, CELLS)
-        check_choice("backbone.pooling", pooling, POOLING)
+        check_choice("backbone.cell", cell, Cell)
+        check_choice("backbone.pooling", pooling, Pooling)
         check_range("backbone.dropout", dropout, 0.0, 1.0, high_inclusive=False)
-        for name, value in [("embedding_dim", embedding_dim), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers), ("embedding_size", embedding_size)]:
-            check_range(f"backbone.{name}", value, 1)
+        for name, value in [("in_features", in_features), ("num_classes", num_classes),
+                            ("embedding_dim", embedding_dim), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers), ("projection_size", projection_size)]:
+            check_integer(f"backbone.{name}", value, 1)
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.cell, self.bidirectional, self.pooling, self.dropout = cell, bool(bidirectional), pooling, dropout
+        self.embedding_dim, self.hidden_size, self.num_layers = embedding_dim, hidden_size, num_layers
+        self.projection_size = projection_size
         self.embedding = nn.Embedding(self.in_features, embedding_dim, padding_idx=0)
         self.rnn = CELLS[cell](embedding_dim, hidden_size, num_layers=num_layers, batch_first=True,
                                bidirectional=self.bidirectional)
         width = hidden_size * (2 if self.bidirectional else 1)
-        self.projection = nn.Linear(width, embedding_size)
-        self.classifier = nn.Linear(embedding_size, self.num_classes)
+        self.projection = nn.Linear(width, projection_size)
+        self.classifier = nn.Linear(projection_size, self.num_classes)
 
     def reset_parameters(self) -> None:
         for module in (self.embedding, self.rnn, self.projection, self.classifier):
@@ -97,13 +107,3 @@ class RNNClassifier(nn.Module):
                 pooled = (padded * mask).sum(1) / lengths.to(z.device)[:, None]
         hidden = torch.tanh(self.projection(F.dropout(pooled, self.dropout, self.training)))
         return Output(self.classifier(F.dropout(hidden, self.dropout, self.training)), hidden)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, **extra: object) -> Output:
-        return self.head(self.embed(x), lengths=lengths, **extra)
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}({self.in_features}, {self.num_classes}, embedding_dim={self.embedding.embedding_dim}, "
-            f"hidden_size={self.rnn.hidden_size}, cell={self.cell!r}, bidirectional={self.bidirectional}, "
-            f"pooling={self.pooling!r}, dropout={self.dropout})"
-        )

@@ -1,17 +1,14 @@
 """Adversarial regularization: the supervised loss again on a steepest-ascent neighbour."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
-from nsl_lab.attacks.steepest_ascent import SteepestAscent, frozen_batch_norm_statistics
-from nsl_lab.batch import Batch
-from nsl_lab.modules.output import Output
+from nsl_lab.attacks.steepest_ascent import Norm, SteepestAscent, frozen_batch_norm_statistics
+from nsl_lab.context import TrainingStep
+from nsl_lab.losses import supervised_loss
 from nsl_lab.regularizers.base import Regularizer
-
-if TYPE_CHECKING:
-    from nsl_lab.modules.learner import StructuredLearner
 
 
 class AdversarialRegularizer(Regularizer):
@@ -31,7 +28,7 @@ class AdversarialRegularizer(Regularizer):
     move, non-finite gradient entries count as 0 and :math:`\operatorname{sg}` stops the
     gradient through :math:`\delta`. The first step reuses the gradient of the clean loss
     that the learner's backward pass computes together with the parameters' gradients
-    (``Output.embedding_grad``), so one step (FGSM) costs one extra forward and backward. Perturbation passes use batch statistics but leave batch norm running
+    (``TrainingStep.embedding_grad``), so one step (FGSM) costs one extra forward and backward. Perturbation passes use batch statistics but leave batch norm running
     statistics untouched.
 
     Args:
@@ -43,6 +40,7 @@ class AdversarialRegularizer(Regularizer):
         random_init: start uniformly in the ``pgd_epsilon`` ball.
         clip_value_min, clip_value_max: value range of the perturbed input.
         feature_mask: 1 where a coordinate of one example may move, 0 where it must not.
+        warmup_epochs: ramp :math:`\lambda` up linearly over these first epochs.
     """
 
     name = "adversarial"
@@ -52,44 +50,42 @@ class AdversarialRegularizer(Regularizer):
         self,
         multiplier: float = 0.2,
         adv_step_size: float = 0.001,
-        adv_grad_norm: str = "l2",
+        adv_grad_norm: Norm = "l2",
         pgd_iterations: int = 1,
         pgd_epsilon: float | None = None,
         random_init: bool = False,
         clip_value_min: float | None = None,
         clip_value_max: float | None = None,
         feature_mask: Sequence | torch.Tensor | None = None,
+        warmup_epochs: int = 0,
     ) -> None:
-        super().__init__(multiplier)
+        super().__init__(multiplier, warmup_epochs)
         self.ascent = SteepestAscent(
             norm=adv_grad_norm, step_size=adv_step_size, steps=pgd_iterations, epsilon=pgd_epsilon,
             random_init=random_init, clip_min=clip_value_min, clip_max=clip_value_max,
             feature_mask=None if feature_mask is None else torch.as_tensor(feature_mask, dtype=torch.float32),
-            prefix="adversarial.",
             names={"norm": "adv_grad_norm", "step_size": "adv_step_size", "steps": "pgd_iterations",
                    "epsilon": "pgd_epsilon"},
         )
 
-    def adversarial_loss(
-        self, learner: "StructuredLearner", batch: Batch, output: Output
-    ) -> torch.Tensor:
-        """The unscaled supervised loss on the adversarial neighbours of ``batch``."""
-        from nsl_lab.modules.learner import embed, head, supervised_loss
-
-        backbone = learner.backbone
+    def loss(self, step: TrainingStep) -> torch.Tensor | None:
+        """The unscaled supervised loss on the adversarial neighbours of the batch."""
+        batch, backbone = step.batch, step.backbone
+        if not bool(batch.labeled.any()):
+            return None
         extra = {} if batch.lengths is None else {"lengths": batch.lengths}
-        z, clean_grad = output.embedding, output.embedding_grad
+        z, clean_grad, output = step.embedding, step.embedding_grad, step.output
         if z is None or z.is_sparse or not z.requires_grad:
             # No usable embedding from the learner (e.g. sparse features): one more clean pass.
-            z = embed(backbone, batch.x)
+            z = backbone.embed(batch.x)
             z = (z.to_dense() if z.is_sparse else z).detach().requires_grad_(True)
             clean_grad = None
-            output = head(backbone, z, **extra)
+            output = backbone.head(z, **extra)
         if clean_grad is None:  # called outside the learner's training step
             (clean_grad,) = torch.autograd.grad(supervised_loss(output.logits, batch.y), z, retain_graph=True)
 
         def loss_at(point: torch.Tensor) -> torch.Tensor:
-            return supervised_loss(head(backbone, point, **extra).logits, batch.y)
+            return supervised_loss(backbone.head(point, **extra).logits, batch.y)
 
         with frozen_batch_norm_statistics(backbone):
             delta = self.ascent.perturbation(z, loss_at, first_grad=clean_grad)
@@ -97,14 +93,5 @@ class AdversarialRegularizer(Regularizer):
             # no gradient here, and delta never carries one.
             return loss_at((z if z.grad_fn is not None else z.detach()) + delta)
 
-    def forward(
-        self, learner: "StructuredLearner", batch: Batch, output: Output
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if not bool(batch.labeled.any()):
-            zero = output.logits.sum() * 0.0
-            return zero, {}
-        loss = self.current_multiplier(learner) * self.adversarial_loss(learner, batch, output)
-        return loss, {}
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(multiplier={self.multiplier}, {self.ascent.describe()})"
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.ascent.describe()}"

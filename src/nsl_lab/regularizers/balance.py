@@ -1,20 +1,16 @@
 """Class-balance regularization: the batch's mean prediction stays near a class prior."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from nsl_lab.batch import Batch
+from nsl_lab.context import TrainingStep
 from nsl_lab.errors import check_choice, check_range
-from nsl_lab.modules.output import Output
 from nsl_lab.regularizers.base import Regularizer
 
-if TYPE_CHECKING:
-    from nsl_lab.modules.learner import StructuredLearner
-
-PRIORS = ("labeled", "uniform")
+Prior = Literal["labeled", "uniform"]
 
 
 class ClassBalanceRegularizer(Regularizer):
@@ -55,16 +51,16 @@ class ClassBalanceRegularizer(Regularizer):
     def __init__(
         self,
         multiplier: float = 1.0,
-        prior: str = "labeled",
+        prior: Prior = "labeled",
         smoothing: float = 1.0,
         min_share: float | None = None,
         warmup_epochs: int = 0,
     ) -> None:
         super().__init__(multiplier, warmup_epochs)
-        self.prior = check_choice("balance.prior", prior, PRIORS)
-        self.smoothing = float(check_range("balance.smoothing", smoothing, 0.0))
+        self.prior = check_choice("prior", prior, Prior)
+        self.smoothing = float(check_range("smoothing", smoothing, 0.0))
         if min_share is not None:
-            min_share = float(check_range("balance.min_share", min_share, 0.0, 1.0, low_inclusive=False))
+            min_share = float(check_range("min_share", min_share, 0.0, 1.0, low_inclusive=False))
         self.min_share = min_share
 
     def class_prior(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -93,11 +89,8 @@ class ClassBalanceRegularizer(Regularizer):
             gap = ((self.min_share * safe_prior).log() - log_mean_prediction).clamp_min(0.0)
         return torch.where(prior > 0, prior * gap, torch.zeros_like(prior)).sum()
 
-    def forward(
-        self, learner: "StructuredLearner", batch: Batch, output: Output
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.current_multiplier(learner) * self.balance_loss(output.logits, batch.y), {}
+    def loss(self, step: TrainingStep) -> torch.Tensor:
+        return self.balance_loss(step.output.logits, step.batch.y)
 
-    def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}(multiplier={self.multiplier}, prior={self.prior!r}, "
-                f"smoothing={self.smoothing}, min_share={self.min_share})")
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, prior={self.prior!r}, smoothing={self.smoothing}, min_share={self.min_share}"

@@ -1,53 +1,83 @@
-"""The regularizer contract."""
+"""The regularizer contract: subclasses write the unscaled loss, the base class does the rest."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
 from nsl_lab.batch import Batch
+from nsl_lab.context import GraphData, Requirement, TrainingStep
 from nsl_lab.errors import check_integer, check_range
-from nsl_lab.modules.output import Output
-
-if TYPE_CHECKING:
-    from nsl_lab.modules.learner import StructuredLearner
+from nsl_lab.modules.backbone import Output
 
 
 class Regularizer(nn.Module):
-    """A term added to the supervised loss.
+    r"""A term added to the supervised loss.
 
-    ``forward(learner, batch, output) -> (scaled_loss, logs)`` where ``output`` is the
-    backbone's output on ``batch.x``. A regularizer may call ``learner.backbone`` again
-    (neighbours' inputs, perturbed embeddings) but holds no optimizer and no data. The
-    learner logs the scaled term as ``train/<config name>_loss``; ``logs`` holds any extra
-    diagnostics (detached scalars), logged as ``train/<config name>/<key>``.
+    .. math:: \mathcal{R} = \lambda_e\, \ell(\text{step}),\qquad
+        \lambda_e = \lambda \min\!\big(1, \tfrac{e + 1}{\text{warmup\_epochs}}\big)
+
+    A subclass writes :meth:`loss` (the unscaled :math:`\ell`, or ``None`` when there is
+    nothing to regularise in this step) and, when it needs graph-level data, :meth:`setup`.
+    The base class scales by ``multiplier``, ramps it over ``warmup_epochs`` and returns an
+    exact zero term for ``None``. The learner logs the term as ``train/<config name>_loss``.
+
+    Class attributes a subclass may set:
+        name: default config name (log name when regularizers come as a list).
+        needs_embedding: the step must carry the input embedding and its clean gradient.
 
     Args:
-        multiplier: weight of the term in the total loss.
+        multiplier: :math:`\lambda`, weight of the term in the total loss.
         warmup_epochs: ramp the multiplier linearly from ``multiplier / warmup_epochs`` up
             to ``multiplier`` over the first epochs (0: full weight from the start), so a
             smoothness term cannot settle on a constant prediction before the labels speak.
     """
 
-    #: default config name (used in messages, and as log name when regularizers come as a list)
-    name: str = "regularizer"
+    name: ClassVar[str] = "regularizer"
+    needs_embedding: ClassVar[bool] = False
 
     def __init__(self, multiplier: float = 1.0, warmup_epochs: int = 0) -> None:
         super().__init__()
-        self.multiplier = float(check_range(f"{self.name}.multiplier", multiplier, 0.0))
-        self.warmup_epochs = check_integer(f"{self.name}.warmup_epochs", warmup_epochs, 0)
+        self.multiplier = float(check_range("multiplier", multiplier, 0.0))
+        self.warmup_epochs = check_integer("warmup_epochs", warmup_epochs, 0)
 
-    def current_multiplier(self, learner: "StructuredLearner | None") -> float:
-        """The multiplier at the learner's current epoch (full weight without a learner)."""
-        if not self.warmup_epochs or learner is None or learner._trainer is None:
+    @property
+    def requirements(self) -> frozenset[Requirement]:
+        """What this regularizer needs of the data (checked before any data is loaded)."""
+        return frozenset()
+
+    def weight(self, epoch: int) -> float:
+        """The multiplier at ``epoch`` (0-based)."""
+        if not self.warmup_epochs:
             return self.multiplier
-        return self.multiplier * min(1.0, (learner.current_epoch + 1) / self.warmup_epochs)
+        return self.multiplier * min(1.0, (epoch + 1) / self.warmup_epochs)
+
+    def setup(self, data: GraphData) -> None:
+        """Called once at fit start with the datamodule's graph-level data."""
+
+    def refresh_at(self, epoch: int) -> bool:
+        """Whether :meth:`refresh` runs at the start of ``epoch``."""
+        return False
+
+    def refresh(self, data: GraphData, backbone: Callable[[Batch], Output]) -> None:
+        """Called at the start of every epoch where :meth:`refresh_at` says so, with the
+        backbone in eval mode (no gradients)."""
+
+    def loss(self, step: TrainingStep) -> torch.Tensor | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def forward(self, step: TrainingStep) -> torch.Tensor:
+        loss = self.loss(step)
+        if loss is None:
+            return step.output.logits.new_zeros(())
+        return self.weight(step.epoch) * loss
 
     def reset_parameters(self) -> None:
         """Regularizers without parameters have nothing to reset."""
 
-    def forward(  # pragma: no cover - interface
-        self, learner: "StructuredLearner", batch: Batch, output: Output
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+    def extra_repr(self) -> str:
+        return f"multiplier={self.multiplier}" + (f", warmup_epochs={self.warmup_epochs}" if self.warmup_epochs else "")
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.extra_repr()})"

@@ -2,29 +2,24 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from nsl_lab.batch import Batch
+from nsl_lab.context import GraphData, Requirement, TrainingStep
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph
-from nsl_lab.modules.output import Output
 from nsl_lab.regularizers.base import Regularizer
-from nsl_lab.regularizers.graph import COMPARE
+from nsl_lab.regularizers.graph import Compare
 
-if TYPE_CHECKING:
-    from nsl_lab.modules.learner import StructuredLearner
-
-
-NORMALIZATIONS = ("row", "symmetric")
+Normalization = Literal["row", "symmetric"]
 
 
-def normalized_adjacency_power(graph: NeighborGraph, hops: int, normalization: str = "row") -> NeighborGraph:
+def normalized_adjacency_power(graph: NeighborGraph, hops: int, normalization: Normalization = "row") -> NeighborGraph:
     r""":math:`\hat A^{r}` as a sparse graph, with :math:`\hat A = D^{-1}(A + I)` (``row``,
     Graph-MLP) or :math:`D^{-1/2}(A + I)D^{-1/2}` (``symmetric``)."""
-    check_choice("contrastive.normalization", normalization, NORMALIZATIONS)
+    check_choice("normalization", normalization, Normalization)
     n = graph.num_nodes
     source, target, weight = graph.edges()
     loops = torch.arange(n, device=graph.device)
@@ -62,6 +57,15 @@ class PositivePairs:
         self.indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         self.target, self.weight = target[off_diagonal], weight[off_diagonal]
 
+    def to(self, device: torch.device) -> "PositivePairs":
+        """These pairs on ``device`` (``self`` when already there)."""
+        if self.target.device == torch.device(device):
+            return self
+        moved = PositivePairs.__new__(PositivePairs)
+        moved.num_nodes = self.num_nodes
+        moved.indptr, moved.target, moved.weight = (t.to(device) for t in (self.indptr, self.target, self.weight))
+        return moved
+
     def submatrix(self, nodes: torch.Tensor) -> torch.Tensor:
         """``[len(nodes), len(nodes)]``: :math:`\\gamma` between the nodes, 0 where no edge."""
         # Only the sampled nodes' rows (CSR): ~sample_size / N of the edges, not all of them.
@@ -93,7 +97,8 @@ class NeighborContrastiveRegularizer(Regularizer):
 
     where :math:`S^+` are the rows with at least one neighbour in :math:`S`. Labels are
     not used, so every sample teaches the embedding — this is what keeps the loss
-    useful when labels are scarce.
+    useful when labels are scarce. :math:`\gamma` is built once, at :meth:`setup`, from the
+    fit's graph; the batch's ``index`` says which graph nodes its rows are.
 
     Args:
         multiplier: :math:`\lambda`.
@@ -113,33 +118,37 @@ class NeighborContrastiveRegularizer(Regularizer):
         temperature: float = 0.5,
         hops: int = 2,
         sample_size: int = 2048,
-        compare: str = "hidden",
-        normalization: str = "row",
+        compare: Compare = "hidden",
+        normalization: Normalization = "row",
         warmup_epochs: int = 0,
     ) -> None:
         super().__init__(multiplier, warmup_epochs)
-        check_range("contrastive.temperature", temperature, 0.0, low_inclusive=False)
-        check_integer("contrastive.hops", hops, 1)
-        check_integer("contrastive.sample_size", sample_size, 2)
-        check_choice("contrastive.compare", compare, COMPARE)
-        check_choice("contrastive.normalization", normalization, NORMALIZATIONS)
+        check_range("temperature", temperature, 0.0, low_inclusive=False)
+        check_integer("hops", hops, 1)
+        check_integer("sample_size", sample_size, 2)
+        check_choice("compare", compare, Compare)
+        check_choice("normalization", normalization, Normalization)
         self.normalization = normalization
         self.temperature, self.hops, self.sample_size, self.compare = float(temperature), hops, sample_size, compare
-        self._cache: tuple[NeighborGraph, NeighborGraph] | None = None
-        self._pairs: tuple[NeighborGraph, PositivePairs] | None = None
+        self._pairs: PositivePairs | None = None
         self._self_mask: torch.Tensor | None = None
 
-    def positive_weights(self, graph: NeighborGraph) -> NeighborGraph:
-        # Keyed on the graph object itself (kept alive here), so a new graph never hits a stale entry.
-        if self._cache is None or self._cache[0] is not graph:
-            self._cache = (graph, normalized_adjacency_power(graph, self.hops, self.normalization))
-        return self._cache[1]
+    @property
+    def requirements(self) -> frozenset[Requirement]:
+        return frozenset({"graph"})
 
-    def positive_pairs(self, graph: NeighborGraph) -> "PositivePairs":
-        """The off-diagonal :math:`\\gamma` of ``graph``, built once per graph (constant across steps)."""
-        if self._pairs is None or self._pairs[0] is not graph:
-            self._pairs = (graph, PositivePairs(self.positive_weights(graph)))
-        return self._pairs[1]
+    def setup(self, data: GraphData) -> None:
+        if data.graph is None:
+            raise ConfigError("the contrastive regularizer needs a graph; this data has none (set data.graph)")
+        self._pairs = PositivePairs(normalized_adjacency_power(data.graph, self.hops, self.normalization))
+
+    def positive_pairs(self, device: torch.device) -> PositivePairs:
+        """The off-diagonal :math:`\\gamma` of the fit's graph, on ``device``."""
+        if self._pairs is None:
+            raise ConfigError("the contrastive regularizer has no graph: call setup(graph_data) first "
+                              "(the learner does at fit start)")
+        self._pairs = self._pairs.to(device)
+        return self._pairs
 
     def self_mask(self, size: int, device: torch.device) -> torch.Tensor:
         """The boolean identity of ``size``, kept: every step asks for the same one."""
@@ -148,12 +157,10 @@ class NeighborContrastiveRegularizer(Regularizer):
             mask = self._self_mask = torch.eye(size, dtype=torch.bool, device=device)
         return mask
 
-    def contrastive_loss(self, embeddings: torch.Tensor, rows: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The unscaled loss over the batch rows ``rows``."""
-        graph = batch.graph
-        if graph is None:
-            raise ConfigError("the contrastive regularizer needs a datamodule that provides a graph")
-        gamma = self.positive_pairs(graph).submatrix(batch.index[rows])
+    def contrastive_loss(self, embeddings: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
+        """The unscaled loss over the batch rows ``rows`` (graph nodes ``index[rows]``);
+        ``None`` when no row has a neighbour among them."""
+        gamma = self.positive_pairs(embeddings.device).submatrix(index[rows])
 
         z = F.normalize(embeddings[rows], dim=-1)
         logits = z @ z.t()
@@ -163,7 +170,7 @@ class NeighborContrastiveRegularizer(Regularizer):
         positive = gamma > 0
         has_positive = positive.any(dim=1)
         if not bool(has_positive.any()):
-            return embeddings.sum() * 0.0
+            return None
         # Only rows with a positive: an all -inf row would put NaN into the gradient.
         logits, gamma, positive = logits[has_positive], gamma[has_positive], positive[has_positive]
         # log(0) is -inf either way, but the CPU log is ~6x slower on zeros than on positive
@@ -173,21 +180,16 @@ class NeighborContrastiveRegularizer(Regularizer):
         log_numerator = torch.logsumexp(logits + log_gamma, dim=1)
         return (torch.logsumexp(logits, dim=1) - log_numerator).mean()
 
-    def forward(
-        self, learner: "StructuredLearner", batch: Batch, output: Output
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, step: TrainingStep) -> torch.Tensor | None:
+        output, batch = step.output, step.batch
         embeddings = output.hidden if self.compare == "hidden" else output.logits
         n = len(batch)
         if n > self.sample_size:
             rows = torch.randperm(n, device=embeddings.device)[: self.sample_size]
         else:
             rows = torch.arange(n, device=embeddings.device)
-        loss = self.current_multiplier(learner) * self.contrastive_loss(embeddings, rows, batch)
-        return loss, {}
+        return self.contrastive_loss(embeddings, rows, batch.index)
 
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__name__}(multiplier={self.multiplier}, temperature={self.temperature}, "
-            f"hops={self.hops}, sample_size={self.sample_size}, compare={self.compare!r}, "
-            f"normalization={self.normalization!r})"
-        )
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, temperature={self.temperature}, hops={self.hops}, "
+                f"sample_size={self.sample_size}, compare={self.compare!r}, normalization={self.normalization!r}")

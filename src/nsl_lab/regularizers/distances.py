@@ -16,23 +16,25 @@ and ``jensen_shannon`` compare probability vectors, so they need ``softmax`` or
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
 from nsl_lab.errors import ConfigError, check_choice
 
-DISTANCES = ("l1", "l2", "cosine", "kl", "jensen_shannon")
-TRANSFORMS = ("none", "softmax", "sigmoid")
-REDUCTIONS = ("sum_by_nonzero_weights", "mean_by_weight", "sum", "mean")
+Distance = Literal["l1", "l2", "cosine", "kl", "jensen_shannon"]
+Transform = Literal["none", "softmax", "sigmoid"]
+Reduction = Literal["sum_by_nonzero_weights", "mean_by_weight", "sum", "mean"]
 _EPS = 1e-12
 
 
-def check_distance(distance: str, transform: str) -> None:
-    check_choice("distance", distance, DISTANCES)
-    check_choice("transform", transform, TRANSFORMS)
+def check_distance(distance: Distance, transform: Transform) -> None:
+    check_choice("distance", distance, Distance)
+    check_choice("transform", transform, Transform)
     if distance in ("kl", "jensen_shannon") and transform == "none":
         raise ConfigError(
-            f"distance={distance!r} compares probabilities; set transform='softmax' or 'sigmoid'"
+            f"distance={distance!r} compares probabilities; set transform='softmax' or 'sigmoid'", "distance"
         )
 
 
@@ -74,7 +76,7 @@ def _compare(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
 
 
 def pairwise_distance(
-    a: torch.Tensor, b: torch.Tensor, distance: str = "l2", transform: str = "none"
+    a: torch.Tensor, b: torch.Tensor, distance: Distance = "l2", transform: Transform = "none"
 ) -> torch.Tensor:
     """Distance between ``a[..., :]`` and ``b[..., :]`` (broadcast), one value per pair."""
     check_distance(distance, transform)
@@ -101,7 +103,8 @@ class _GatheredRowTransform(torch.autograd.Function):
 
 
 def pairwise_distance_rows(
-    outputs: torch.Tensor, rows_i: torch.Tensor, rows_j: torch.Tensor, distance: str = "l2", transform: str = "none"
+    outputs: torch.Tensor, rows_i: torch.Tensor, rows_j: torch.Tensor, distance: Distance = "l2",
+    transform: Transform = "none",
 ) -> torch.Tensor:
     """``pairwise_distance(outputs[rows_i], outputs[rows_j], distance, transform)``, bit for bit.
 
@@ -122,7 +125,7 @@ def pairwise_distance_rows(
                     _GatheredRowTransform.apply(b, transformed, rows_j, log), distance)
 
 
-def reduce_weighted(values: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_weighted(values: torch.Tensor, weights: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     r"""Reduces per-pair ``values`` with ``weights`` (same shape); NSL's reductions.
 
     ``sum_by_nonzero_weights`` (NSL default): :math:`\sum w d / \#\{w \neq 0\}`;
@@ -130,7 +133,7 @@ def reduce_weighted(values: torch.Tensor, weights: torch.Tensor, reduction: str)
     ``mean``: :math:`\sum w d / \#\text{pairs}`. Pairs of weight 0 (padding) add nothing,
     and an empty or all-zero set reduces to 0 rather than NaN.
     """
-    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("reduction", reduction, Reduction)
     # where() rather than multiply: a padded pair may hold inf/NaN and must not leak.
     weighted = torch.where(weights != 0, weights * values, torch.zeros_like(values)).sum()
     if reduction == "sum":

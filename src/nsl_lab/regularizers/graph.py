@@ -1,24 +1,22 @@
 """Graph regularization: a sample's output should stay close to its graph neighbours'."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import torch
 
 from nsl_lab.batch import Batch, trim_padding
+from nsl_lab.context import GraphData, Requirement, TrainingStep
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
-from nsl_lab.graphs.neighbors import SAMPLING, NeighborGraph
-from nsl_lab.modules.output import Output
+from nsl_lab.graphs.neighbors import NeighborGraph, Sampling
 from nsl_lab.regularizers.base import Regularizer
 from nsl_lab.regularizers.distances import (
-    REDUCTIONS, check_distance, pairwise_distance, pairwise_distance_rows, reduce_weighted,
+    Distance, Reduction, Transform, check_distance, pairwise_distance, pairwise_distance_rows, reduce_weighted,
 )
 
-if TYPE_CHECKING:
-    from nsl_lab.modules.learner import StructuredLearner
-
-SEEDS = ("labeled", "all")
-COMPARE = ("logits", "hidden")
+Seeds = Literal["labeled", "all"]
+#: what a regularizer compares of the backbone's output
+Compare = Literal["logits", "hidden"]
 
 
 def batch_positions(batch: Batch, graph: NeighborGraph) -> torch.Tensor:
@@ -53,7 +51,9 @@ class GraphRegularizer(Regularizer):
     labeled (``labeled_labeled``, ``labeled_unlabeled``, ``unlabeled_unlabeled``).
 
     Neighbour outputs come from the same forward pass when the batch holds the neighbours
-    (a full-graph batch does; neighbours outside the batch are dropped, weight 0). When
+    (a full-graph batch does; neighbours outside the batch are dropped, weight 0). With
+    full-graph data the pairs are found once, at :meth:`setup` (uniform sampling draws anew
+    each step). When
     the datamodule packs neighbours into the batch (``batch.neighbors`` with
     ``batch.neighbor_weight [B, k]``, NSL's mini-batch scheme), the backbone runs once more
     on the neighbours that carry weight and the first ``max_neighbors`` columns are compared
@@ -79,14 +79,14 @@ class GraphRegularizer(Regularizer):
     def __init__(
         self,
         multiplier: float = 0.1,
-        distance: str = "l2",
-        transform: str = "none",
-        reduction: str = "sum_by_nonzero_weights",
+        distance: Distance = "l2",
+        transform: Transform = "none",
+        reduction: Reduction = "sum_by_nonzero_weights",
         max_neighbors: int = 2,
-        neighbor_sampling: str = "top_k",
+        neighbor_sampling: Sampling = "top_k",
         full_graph: bool = False,
-        seeds: str = "labeled",
-        compare: str = "logits",
+        seeds: Seeds = "labeled",
+        compare: Compare = "logits",
         labeled_labeled: float = 1.0,
         labeled_unlabeled: float = 1.0,
         unlabeled_unlabeled: float = 1.0,
@@ -94,43 +94,51 @@ class GraphRegularizer(Regularizer):
     ) -> None:
         super().__init__(multiplier, warmup_epochs)
         check_distance(distance, transform)
-        check_choice("graph.reduction", reduction, REDUCTIONS)
-        check_choice("graph.neighbor_sampling", neighbor_sampling, SAMPLING)
-        check_choice("graph.seeds", seeds, SEEDS)
-        check_choice("graph.compare", compare, COMPARE)
-        check_integer("graph.max_neighbors", max_neighbors, 1)
+        check_choice("reduction", reduction, Reduction)
+        check_choice("neighbor_sampling", neighbor_sampling, Sampling)
+        check_choice("seeds", seeds, Seeds)
+        check_choice("compare", compare, Compare)
+        check_integer("max_neighbors", max_neighbors, 1)
         for pair_type, value in [
             ("labeled_labeled", labeled_labeled),
             ("labeled_unlabeled", labeled_unlabeled),
             ("unlabeled_unlabeled", unlabeled_unlabeled),
         ]:
-            check_range(f"graph.{pair_type}", value, 0.0)
+            check_range(pair_type, value, 0.0)
         self.distance, self.transform, self.reduction = distance, transform, reduction
         self.max_neighbors, self.neighbor_sampling = max_neighbors, neighbor_sampling
         self.full_graph, self.seeds, self.compare = bool(full_graph), seeds, compare
         self.pair_weights = (float(unlabeled_unlabeled), float(labeled_unlabeled), float(labeled_labeled))
-        self._pairs_cache: tuple[tuple, tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._full_batch_pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def requirements(self) -> frozenset[Requirement]:
+        return frozenset({"batch_graph"} if self.full_graph else {"neighbors"})
+
+    def setup(self, data: GraphData) -> None:
+        """With full-graph data every step's pairs are the same: every edge or the top-k
+        neighbours of every node (as batch rows = node ids), found once here."""
+        self._full_batch_pairs = None
+        graph = data.graph
+        if graph is None or not data.full_batch or (not self.full_graph and self.neighbor_sampling != "top_k"):
+            return
+        index = torch.arange(graph.num_nodes)
+        whole = Batch(x=index, y=data.train_labels, index=index, graph=graph)
+        self._full_batch_pairs = self._find_pairs(whole, graph)
 
     def pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(rows_i, rows_j, weights)``: batch rows of each seed-neighbour pair and its weight.
-
-        Every edge or the top-k neighbours depend on the graph, the batch's ids and labels
-        only: a full-graph batch comes back unchanged each step, so they are found once and
-        kept while the same tensors (unmodified) come back. Uniform sampling draws anew.
-        """
+        """``(rows_i, rows_j, weights)``: batch rows of each seed-neighbour pair and its weight."""
         graph = batch.graph
         if graph is None:
             raise ConfigError(
                 "the graph regularizer needs a datamodule that provides a graph (batch.graph is None)"
             )
-        if not self.full_graph and self.neighbor_sampling != "top_k":
-            return self._find_pairs(batch, graph)
-        # The objects themselves (kept alive by the cache) and their in-place version counters.
-        inputs, versions = (graph, batch.index, batch.y), (batch.index._version, batch.y._version)
-        cached = self._pairs_cache
-        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], inputs)):
-            self._pairs_cache = cached = (inputs, versions, self._find_pairs(batch, graph))
-        return cached[2]
+        found = self._full_batch_pairs
+        if found is not None and len(batch) == graph.num_nodes:
+            if found[0].device != batch.index.device:
+                found = self._full_batch_pairs = tuple(t.to(batch.index.device) for t in found)
+            return found
+        return self._find_pairs(batch, graph)
 
     def _find_pairs(self, batch: Batch, graph: NeighborGraph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         position = batch_positions(batch, graph)
@@ -194,24 +202,19 @@ class GraphRegularizer(Regularizer):
         distance[needed] = pairwise_distance(outputs[seed_rows], neighbor_outputs, self.distance, self.transform)
         return reduce_weighted(distance.reshape(rows, k)[:, : weight.shape[1]], weight, self.reduction)
 
-    def forward(
-        self, learner: "StructuredLearner", batch: Batch, output: Output
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, step: TrainingStep) -> torch.Tensor | None:
+        output, batch = step.output, step.batch
         outputs = output.logits if self.compare == "logits" else output.hidden
-        multiplier = self.current_multiplier(learner)
         if batch.neighbors is not None and batch.neighbor_weight is not None:
             weight, needed = self.packed_pairs(batch)
             if not bool(needed.any()):  # no labeled seed with a neighbour in this batch
-                return outputs.sum() * 0.0, {}
-            neighbor_output = learner(select_rows(batch.neighbors, needed))
+                return None
+            neighbor_output = step.forward(select_rows(batch.neighbors, needed))
             neighbor_outputs = neighbor_output.logits if self.compare == "logits" else neighbor_output.hidden
-            return multiplier * self.packed_neighbor_loss(outputs, neighbor_outputs, batch, needed, weight), {}
-        return multiplier * self.neighbor_loss(outputs, batch), {}
+            return self.packed_neighbor_loss(outputs, neighbor_outputs, batch, needed, weight)
+        return self.neighbor_loss(outputs, batch)
 
-    def __repr__(self) -> str:
+    def extra_repr(self) -> str:
         mode = "full_graph" if self.full_graph else f"max_neighbors={self.max_neighbors}, {self.neighbor_sampling}"
-        return (
-            f"{self.__class__.__name__}(multiplier={self.multiplier}, distance={self.distance!r}, "
-            f"transform={self.transform!r}, reduction={self.reduction!r}, {mode}, seeds={self.seeds!r}, "
-            f"compare={self.compare!r})"
-        )
+        return (f"{super().extra_repr()}, distance={self.distance!r}, transform={self.transform!r}, "
+                f"reduction={self.reduction!r}, {mode}, seeds={self.seeds!r}, compare={self.compare!r}")

@@ -4,21 +4,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from nsl_lab.batch import Batch
+from nsl_lab.context import GraphData, Requirement, TrainingStep
 from nsl_lab.errors import ConfigError, check_integer, check_range
 from nsl_lab.graphs.build import similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.graphs.propagation import label_propagation
-from nsl_lab.modules.output import Output
+from nsl_lab.modules.backbone import Output
 from nsl_lab.regularizers.base import Regularizer
-
-if TYPE_CHECKING:
-    from nsl_lab.modules.learner import StructuredLearner
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +43,19 @@ class PropagatedLabelRegularizer(Regularizer):
     class does not flip the pseudo-labels of borderline samples.
 
     The graph's knowledge reaches every sample in a few propagation steps, where the pairwise
-    graph loss needs a labeled sample and its neighbour in the same batch. The datamodule
-    must hold ``graph`` and ``train_labels`` (the training labels, ``-1`` elsewhere), and
-    the batches must hold unlabeled samples (``data.include_unlabeled=true`` for
-    mini-batched data; a full-graph batch holds every node).
+    graph loss needs a labeled sample and its neighbour in the same batch. The labels are
+    propagated at :meth:`setup` from the fit's :class:`~nsl_lab.context.GraphData` (its
+    ``graph`` and ``train_labels``), and the batches must hold unlabeled samples
+    (``data.include_unlabeled=true`` for mini-batched data; a full-graph batch holds every
+    node).
 
     With ``feature_graph_from_epoch = e``, from epoch ``e`` on the labels are propagated
     again at the start of every epoch, over the data's graph joined with a top-``k`` cosine
     graph of the network's own penultimate embeddings :math:`h(x_i)` of every non-test
     sample (Iscen et al.'s iteration: a network trained on the first pseudo-labels may place
     same-class samples closer than the raw features did). It waits ``e`` epochs because an
-    untrained network's graph knows less than the data's. Needs a mini-batched datamodule
-    (``rows`` and ``rows_batch``: IMDB, custom).
+    untrained network's graph knows less than the data's (:meth:`refresh`). Needs
+    mini-batched data (``GraphData.batch_rows``: IMDB, custom).
 
     Args:
         multiplier: :math:`\lambda`.
@@ -85,15 +84,19 @@ class PropagatedLabelRegularizer(Regularizer):
         align_to_prior: bool = False,
     ) -> None:
         super().__init__(multiplier, warmup_epochs)
-        self.alpha = float(check_range("propagated.alpha", alpha, 0.0, 1.0, high_inclusive=False))
-        self.steps = check_integer("propagated.steps", steps, 1)
-        self.min_certainty = float(check_range("propagated.min_certainty", min_certainty, 0.0, 1.0))
-        self.feature_graph_from_epoch = (None if feature_graph_from_epoch is None else
-                                         check_integer("propagated.feature_graph_from_epoch", feature_graph_from_epoch, 0))
-        self.feature_graph_k = check_integer("propagated.feature_graph_k", feature_graph_k, 1)
+        self.alpha = float(check_range("alpha", alpha, 0.0, 1.0, high_inclusive=False))
+        self.steps = check_integer("steps", steps, 1)
+        self.min_certainty = float(check_range("min_certainty", min_certainty, 0.0, 1.0))
+        self.feature_graph_from_epoch = check_integer("feature_graph_from_epoch", feature_graph_from_epoch, 0,
+                                                      optional=True)
+        self.feature_graph_k = check_integer("feature_graph_k", feature_graph_k, 1)
         self.align_to_prior = bool(align_to_prior)
-        # (data graph, train labels, epoch of the feature graph or -1, pseudo-labels, weights)
-        self._cache: tuple[NeighborGraph, torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None
+        # (pseudo-label [N], weight [N]) of every sample, from the last setup or refresh
+        self._targets: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def requirements(self) -> frozenset[Requirement]:
+        return frozenset({"graph", "unlabeled_in_batch"})
 
     def pseudo_labels(self, graph: NeighborGraph, train_labels: torch.Tensor, num_classes: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,67 +123,59 @@ class PropagatedLabelRegularizer(Regularizer):
         mean = weight[reached].mean() if bool(reached.any()) else weight.new_ones(())
         return pseudo, weight / mean.clamp_min(1e-12)
 
-    def feature_graph(self, learner: "StructuredLearner", datamodule) -> NeighborGraph:
-        """Top-``feature_graph_k`` cosine graph of the network's penultimate embeddings of
-        every sample outside the test split (no test input is seen in training)."""
-        if not (hasattr(datamodule, "rows") and hasattr(datamodule, "rows_batch")):
-            raise ConfigError("propagated.feature_graph_from_epoch needs mini-batched data (IMDB or custom: "
-                              f"a datamodule with rows and rows_batch), got {type(datamodule).__name__}")
-        num_nodes = datamodule.graph.num_nodes
+    def feature_graph(self, data: GraphData, backbone: Callable[[Batch], Output]) -> NeighborGraph:
+        """Top-``feature_graph_k`` cosine graph of the network's hidden layer on every sample
+        outside the test split (no test input is seen in training)."""
+        if data.batch_rows is None:
+            raise ConfigError("feature_graph_from_epoch needs mini-batched data (IMDB or custom); "
+                              "a full-graph batch has no per-row batches", "feature_graph_from_epoch")
+        num_nodes = data.graph.num_nodes
         outside_test = torch.ones(num_nodes, dtype=torch.bool)
-        outside_test[datamodule.rows["test"]] = False
+        outside_test[data.rows["test"]] = False
         nodes = outside_test.nonzero().flatten()
-        was_training = learner.training
-        learner.eval()
-        with torch.no_grad():
-            hidden = torch.cat([
-                learner(datamodule.rows_batch(chunk, datamodule.train_labels).to(learner.device)).hidden.float().cpu()
-                for chunk in nodes.split(datamodule.eval_batch_size)
-            ])
-        learner.train(was_training)
+        hidden = torch.cat([backbone(data.batch_rows(chunk)).hidden.float().cpu()
+                            for chunk in nodes.split(data.eval_batch_size)])
         edge_index, edge_weight = similarity_graph(hidden, min(self.feature_graph_k, max(nodes.numel() - 1, 1)))
         # Cosine similarities of near neighbours are positive in practice; propagation needs >= 0.
         return NeighborGraph(nodes[edge_index], num_nodes, edge_weight.clamp_min(0.0))
 
-    def targets(self, learner: "StructuredLearner", device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        datamodule = getattr(learner._trainer, "datamodule", None) if learner._trainer is not None else None
-        graph = getattr(datamodule, "graph", None)
-        train_labels = getattr(datamodule, "train_labels", None)
-        if graph is None or train_labels is None:
-            raise ConfigError("the propagated regularizer needs a datamodule with a graph and train_labels "
-                              "(Planetoid, IMDB or custom data with data.graph set)")
-        epoch = int(learner.current_epoch)
-        start = self.feature_graph_from_epoch
-        feature_epoch = epoch if start is not None and epoch >= start else -1
-        # Keyed on the graph and label objects themselves, so a new split never hits a stale entry;
-        # with a feature graph, also on the epoch (computed at the first step of each epoch, also after a resume).
-        if (self._cache is None or self._cache[0] is not graph or self._cache[1] is not train_labels
-                or self._cache[2] != feature_epoch):
-            propagation_graph = graph
-            if feature_epoch >= 0:
-                began = time.perf_counter()
-                features = self.feature_graph(learner, datamodule)
-                propagation_graph = graph.join(features)
-                log.info("propagated: epoch %d, labels propagated over the data graph + a feature graph of %d edges "
-                         "(%.1f s)", epoch, features.num_edges, time.perf_counter() - began)
-            pseudo, weight = self.pseudo_labels(propagation_graph, train_labels, int(learner.num_classes))
-            self._cache = (graph, train_labels, feature_epoch, pseudo.to(device), weight.to(device))
-        return self._cache[3], self._cache[4]
+    def setup(self, data: GraphData) -> None:
+        if data.graph is None:
+            raise ConfigError("the propagated regularizer needs a graph; this data has none (set data.graph)")
+        self._targets = self.pseudo_labels(data.graph, data.train_labels, data.num_classes)
 
-    def forward(
-        self, learner: "StructuredLearner", batch: Batch, output: Output
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        pseudo, weight = self.targets(learner, output.logits.device)
+    def refresh_at(self, epoch: int) -> bool:
+        return self.feature_graph_from_epoch is not None and epoch >= self.feature_graph_from_epoch
+
+    def refresh(self, data: GraphData, backbone: Callable[[Batch], Output]) -> None:
+        """Propagates again over the data's graph joined with the network's feature graph."""
+        began = time.perf_counter()
+        features = self.feature_graph(data, backbone)
+        self._targets = self.pseudo_labels(data.graph.join(features), data.train_labels, data.num_classes)
+        log.info("propagated: labels propagated over the data graph + a feature graph of %d edges (%.1f s)",
+                 features.num_edges, time.perf_counter() - began)
+
+    def targets(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pseudo_label [N], weight [N])`` on ``device``."""
+        if self._targets is None:
+            raise ConfigError("the propagated regularizer has no labels yet: call setup(graph_data) first "
+                              "(the learner does at fit start)")
+        if self._targets[0].device != torch.device(device):
+            self._targets = (self._targets[0].to(device), self._targets[1].to(device))
+        return self._targets
+
+    def loss(self, step: TrainingStep) -> torch.Tensor | None:
+        output, batch = step.output, step.batch
+        pseudo, weight = self.targets(output.logits.device)
         index = batch.index.to(pseudo.device)
         rows = ~batch.labeled
         if not bool(rows.any()):
-            return output.logits.sum() * 0.0, {}
+            return None
         losses = F.cross_entropy(output.logits[rows], pseudo[index[rows]], reduction="none")
-        loss = (weight[index[rows]] * losses).mean()
-        return self.current_multiplier(learner) * loss, {}
+        return (weight[index[rows]] * losses).mean()
 
-    def __repr__(self) -> str:
+    def extra_repr(self) -> str:
         feature = (f", feature_graph_from_epoch={self.feature_graph_from_epoch}, feature_graph_k={self.feature_graph_k}"
                    if self.feature_graph_from_epoch is not None else "")
-        return (f"{self.__class__.__name__}(multiplier={self.multiplier}, alpha={self.alpha}, steps={self.steps}, "
-                f"min_certainty={self.min_certainty}, align_to_prior={self.align_to_prior}{feature})")
+        return (f"{super().extra_repr()}, alpha={self.alpha}, steps={self.steps}, "
+                f"min_certainty={self.min_certainty}, align_to_prior={self.align_to_prior}{feature}")
