@@ -66,7 +66,10 @@ def drop_checkpoints(cfg: DictConfig, output_dir: str | Path) -> None:
     """After a job finished (metrics.json written) its checkpoint is never needed again: a
     re-launched sweep skips the job. ``checkpoint.keep=true`` keeps it."""
     if not (cfg.get("checkpoint") or {}).get("keep", False):
-        shutil.rmtree(checkpoint_dir(cfg, output_dir), ignore_errors=True)
+        folder = checkpoint_dir(cfg, output_dir)
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
 
 
 def logged_history(csv_path: str | Path, last_epoch: int) -> list[dict[str, float]]:

@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nsl_lab import AdversarialRegularizer, Batch, Output, StructuredLearner
-from nsl_lab.errors import ConfigError
+from nsl_lab import AdversarialRegularizer, Backbone, Batch, Output, StructuredLearner
+from nsl_lab.errors import ConfigError, config_scope
 from nsl_lab.modules import CNN, ResNet
-from nsl_lab.regularizers import Regularizer
+from nsl_lab.regularizers import Regularizer, TrainingStep
 
 
 class CountingLinear(nn.Module):
@@ -32,10 +32,11 @@ class CountingLinear(nn.Module):
         return self.head(self.embed(x), **extra)
 
 
-class TokenBag(nn.Module):
+class TokenBag(Backbone):
     """Token ids -> mean of learned embeddings -> linear: the perturbation applies to the embeddings."""
 
-    num_classes = 2
+    accepts = ("tokens",)
+    in_features, num_classes = 10, 2
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,9 +49,6 @@ class TokenBag(nn.Module):
     def head(self, z, **_):
         logits = self.classifier(z.mean(1))
         return Output(logits, logits)
-
-    def forward(self, x, **extra):
-        return self.head(self.embed(x), **extra)
 
 
 def batch_of(x, y):
@@ -114,8 +112,8 @@ class LogitNorm(Regularizer):
 
     name = "logit_norm"
 
-    def forward(self, learner, batch, output):
-        return self.multiplier * output.logits.pow(2).mean(), {}
+    def loss(self, step):
+        return step.output.logits.pow(2).mean()  # the base class scales it by the multiplier
 
 
 def test_combined_with_a_regularizer_on_the_clean_logits_gives_the_summed_gradient():
@@ -135,9 +133,9 @@ def test_clipping_and_zero_mask():
     regularizer = AdversarialRegularizer(multiplier=1.0, adv_step_size=5.0, adv_grad_norm="linf",
                                          clip_value_min=0.0, clip_value_max=1.0)
     z = X.clone().requires_grad_(True)
-    output = backbone.head(z)._replace(embedding=z)
     learner = StructuredLearner(backbone, [regularizer])
-    adversarial = regularizer.adversarial_loss(learner, batch_of(X, Y), output)
+    step = TrainingStep(batch_of(X, Y), learner.backbone.head(z), learner.backbone, embedding=z)
+    adversarial = regularizer.loss(step)
     # A huge step clipped to [0, 1] lands on a corner of the unit cube.
     labeled = Y >= 0
     (g,) = torch.autograd.grad(F.cross_entropy(z[labeled] @ WEIGHT.T, Y[labeled]), z)
@@ -145,7 +143,7 @@ def test_clipping_and_zero_mask():
     assert torch.allclose(adversarial, F.cross_entropy(corner[labeled] @ WEIGHT.T, Y[labeled]), atol=1e-6)
     masked = AdversarialRegularizer(multiplier=1.0, adv_step_size=5.0, feature_mask=[0.0, 0.0, 0.0])
     clean = F.cross_entropy(X[labeled] @ WEIGHT.T, Y[labeled])
-    assert torch.allclose(masked.adversarial_loss(learner, batch_of(X, Y), output), clean, atol=1e-6)
+    assert torch.allclose(masked.loss(step), clean, atol=1e-6)
 
 
 def test_token_ids_are_perturbed_in_embedding_space_and_embeddings_train():
@@ -181,11 +179,15 @@ def test_batch_norm_running_statistics_see_only_the_clean_pass(make):
 
 
 def test_bad_settings():
-    with pytest.raises(ConfigError, match=r"adversarial.adv_grad_norm='l3' is not supported"):
+    with pytest.raises(ConfigError, match=r"^adv_grad_norm='l3' is not supported"):
         AdversarialRegularizer(adv_grad_norm="l3")
-    with pytest.raises(ConfigError, match=r"adversarial.pgd_iterations=0"):
+    with pytest.raises(ConfigError, match=r"^pgd_iterations=0"):
         AdversarialRegularizer(pgd_iterations=0)
-    with pytest.raises(ConfigError, match=r"adversarial.adv_step_size=-1"):
+    # A run names the setting by its config path.
+    with pytest.raises(ConfigError, match=r"^regularizer\.adversarial\.pgd_iterations=0"):
+        with config_scope("regularizer.adversarial."):
+            AdversarialRegularizer(pgd_iterations=0)
+    with pytest.raises(ConfigError, match=r"^adv_step_size=-1"):
         AdversarialRegularizer(adv_step_size=-1)
     with pytest.raises(ConfigError, match=r"pgd_epsilon"):
         AdversarialRegularizer(adv_grad_norm="l1", pgd_epsilon=0.1)

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nsl_lab import Batch, ConfigError, Output
+from nsl_lab import Backbone, Batch, ConfigError, Output, StructuredLearner
 from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.graphs.propagation import label_propagation
-from nsl_lab.regularizers import PropagatedLabelRegularizer
+from nsl_lab.regularizers import GraphData, PropagatedLabelRegularizer, TrainingStep
 
 # A path 0 - 1 - 2 (unit weights) and an isolated node 3.
 PATH = NeighborGraph(torch.tensor([[0, 1], [1, 2]]), 4)
@@ -65,17 +65,17 @@ def test_certainty_weights_are_bounded_and_zero_where_unreached(seed, n, align):
     assert bool((pseudo >= 0).all() & (pseudo < 2).all())
 
 
-def learner_with(datamodule) -> SimpleNamespace:
-    return SimpleNamespace(_trainer=SimpleNamespace(datamodule=datamodule), num_classes=2, current_epoch=0)
+def step_of(batch: Batch, logits: torch.Tensor) -> TrainingStep:
+    return TrainingStep(batch, Output(logits, logits), backbone=None, num_classes=2)
 
 
 def test_loss_over_the_unlabeled_rows_by_hand():
     graph = NeighborGraph(torch.tensor([[0, 0, 0, 4], [1, 2, 3, 5]]), 6)
-    datamodule = SimpleNamespace(graph=graph, train_labels=torch.tensor([0, -1, -1, -1, 1, -1]))
     regularizer = PropagatedLabelRegularizer(multiplier=2.0)
+    regularizer.setup(GraphData(graph, torch.tensor([0, -1, -1, -1, 1, -1]), num_classes=2))
     logits = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     batch = Batch(x=torch.zeros(3, 1), y=torch.tensor([0, -1, -1]), index=torch.tensor([0, 1, 5]))
-    loss, _ = regularizer(learner_with(datamodule), batch, Output(logits, logits))
+    loss = regularizer(step_of(batch, logits))
     # Row 0 is labeled (skipped); node 1 -> class 0, weight 0.75; node 5 -> class 1, weight 1.5.
     ce_1 = -torch.log_softmax(logits[1], 0)[0].item()
     ce_5 = -torch.log_softmax(logits[2], 0)[1].item()
@@ -83,13 +83,15 @@ def test_loss_over_the_unlabeled_rows_by_hand():
 
 
 def test_errors():
-    with pytest.raises(ConfigError, match="propagated.alpha=1.0 is out of range"):
+    with pytest.raises(ConfigError, match="^alpha=1.0 is out of range"):
         PropagatedLabelRegularizer(alpha=1.0)
-    with pytest.raises(ConfigError, match="propagated.steps=0 is not allowed"):
+    with pytest.raises(ConfigError, match="^steps=0 is not allowed"):
         PropagatedLabelRegularizer(steps=0)
+    with pytest.raises(ConfigError, match="needs a graph; this data has none"):
+        PropagatedLabelRegularizer().setup(GraphData(None, torch.tensor([-1]), num_classes=2))
     batch = Batch(x=torch.zeros(1, 1), y=torch.tensor([-1]), index=torch.tensor([0]))
-    with pytest.raises(ConfigError, match="needs a datamodule with a graph and train_labels"):
-        PropagatedLabelRegularizer()(learner_with(None), batch, Output(torch.zeros(1, 2), torch.zeros(1, 2)))
+    with pytest.raises(ConfigError, match=r"has no labels yet: call setup\(graph_data\) first"):
+        PropagatedLabelRegularizer()(step_of(batch, torch.zeros(1, 2)))
 
 
 def test_join_sums_shared_edges_and_keeps_the_rest():
@@ -102,68 +104,80 @@ def test_join_sums_shared_edges_and_keeps_the_rest():
         first.join(NeighborGraph(torch.zeros(2, 0, dtype=torch.long), 5))
 
 
-class FeatureLearner(torch.nn.Module):
-    """A learner stand-in whose penultimate embedding of sample i is ``HIDDEN[i]``."""
+class FeatureBackbone(Backbone):
+    """A backbone whose penultimate embedding of sample i is ``HIDDEN[i]`` (``x`` holds the sample ids)."""
 
     HIDDEN = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.05]])
+    in_features, num_classes = 1, 2
 
-    def __init__(self, datamodule, epoch: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._trainer = SimpleNamespace(datamodule=datamodule)
-        self.num_classes, self.current_epoch, self.device, self.calls = 2, epoch, torch.device("cpu"), 0
+        self.calls = 0
 
-    def forward(self, batch: Batch) -> Output:
+    def head(self, z: torch.Tensor, **_) -> Output:
         assert not self.training  # embeddings come from the network in eval mode
         self.calls += 1
-        return Output(torch.zeros(len(batch), 2), self.HIDDEN[batch.index])
+        return Output(torch.zeros(len(z), 2), self.HIDDEN[z[:, 0].long()])
 
 
-def feature_datamodule() -> SimpleNamespace:
+def feature_data() -> GraphData:
     # Samples 0..3 train (0 and 2 labeled), 4 is a test sample; the data graph has no edges.
-    return SimpleNamespace(
-        graph=NeighborGraph(torch.zeros(2, 0, dtype=torch.long), 5), train_labels=torch.tensor([0, -1, 1, -1, -1]),
+    labels = torch.tensor([0, -1, 1, -1, -1])
+    return GraphData(
+        graph=NeighborGraph(torch.zeros(2, 0, dtype=torch.long), 5), train_labels=labels, num_classes=2,
         rows={"train": torch.arange(4), "val": torch.zeros(0, dtype=torch.long), "test": torch.tensor([4])},
-        rows_batch=lambda index, y: Batch(x=torch.zeros(len(index), 1), y=y[index], index=index), eval_batch_size=2,
+        batch_rows=lambda index: Batch(x=index[:, None].float(), y=labels[index], index=index), eval_batch_size=2,
     )
 
 
 def test_feature_graph_joins_the_networks_nearest_samples_outside_the_test_split():
     regularizer = PropagatedLabelRegularizer(feature_graph_from_epoch=1, feature_graph_k=1)
-    learner = FeatureLearner(feature_datamodule(), epoch=1)
-    learner.train()
-    source, target, weight = regularizer.feature_graph(learner, learner._trainer.datamodule).edges()
+    backbone = FeatureBackbone().eval()
+    source, target, weight = regularizer.feature_graph(feature_data(), lambda batch: backbone(batch.x)).edges()
     # Nearest by cosine: 0 <-> 1 and 2 <-> 3; the test sample 4 (closest to 0) is never embedded.
     assert sorted(zip(source.tolist(), target.tolist())) == [(0, 1), (1, 0), (2, 3), (3, 2)]
-    expected = float(torch.nn.functional.cosine_similarity(FeatureLearner.HIDDEN[0], FeatureLearner.HIDDEN[1], 0))
+    expected = float(torch.nn.functional.cosine_similarity(FeatureBackbone.HIDDEN[0], FeatureBackbone.HIDDEN[1], 0))
     assert weight[0].item() == pytest.approx(expected, rel=1e-5)
-    assert learner.training and learner.calls == 2  # 4 samples in eval batches of 2; training mode restored
+    assert backbone.calls == 2  # 4 samples in eval batches of 2
 
 
 def test_labels_spread_over_the_feature_graph_from_the_chosen_epoch():
+    # Through the learner: setup at fit start, refresh at the start of each epoch from the chosen one.
     regularizer = PropagatedLabelRegularizer(feature_graph_from_epoch=1, feature_graph_k=1)
-    datamodule = feature_datamodule()
-    before = FeatureLearner(datamodule, epoch=0)
-    pseudo, weight = regularizer.targets(before, torch.device("cpu"))
-    assert before.calls == 0 and weight[[1, 3]].tolist() == [0.0, 0.0]  # no data edge reaches 1 or 3
-    after = FeatureLearner(datamodule, epoch=1)
-    pseudo, weight = regularizer.targets(after, torch.device("cpu"))
+    backbone = FeatureBackbone()
+    learner = StructuredLearner(backbone, [regularizer])
+    data = feature_data()
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(graph_data=lambda: data), current_epoch=0)
+    learner._trainer = trainer
+    learner.train()
+    learner.on_fit_start()
+    learner.on_train_epoch_start()
+    pseudo, weight = regularizer.targets(torch.device("cpu"))
+    assert backbone.calls == 0 and weight[[1, 3]].tolist() == [0.0, 0.0]  # no data edge reaches 1 or 3
+    trainer.current_epoch = 1
+    learner.on_train_epoch_start()
+    pseudo, weight = regularizer.targets(torch.device("cpu"))
     assert pseudo[[1, 3]].tolist() == [0, 1] and bool((weight[[1, 3]] > 0).all()) and weight[4].item() == 0.0
-    regularizer.targets(after, torch.device("cpu"))
-    assert after.calls == 2  # computed once per epoch
-    after.current_epoch = 2
-    regularizer.targets(after, torch.device("cpu"))
-    assert after.calls == 4
+    assert learner.training and backbone.training  # training mode restored after the eval-mode pass
+    regularizer.targets(torch.device("cpu"))
+    assert backbone.calls == 2  # computed once per epoch
+    trainer.current_epoch = 2
+    learner.on_train_epoch_start()
+    assert backbone.calls == 4
 
 
 def test_feature_graph_errors():
-    with pytest.raises(ConfigError, match="propagated.feature_graph_from_epoch=-1 is not allowed"):
+    with pytest.raises(ConfigError, match="^feature_graph_from_epoch=-1 is not allowed"):
         PropagatedLabelRegularizer(feature_graph_from_epoch=-1)
-    with pytest.raises(ConfigError, match="propagated.feature_graph_k=0 is not allowed"):
+    with pytest.raises(ConfigError, match="^feature_graph_k=0 is not allowed"):
         PropagatedLabelRegularizer(feature_graph_k=0)
-    full_graph = SimpleNamespace(graph=PATH, train_labels=torch.tensor([0, -1, -1, -1]))
-    learner = FeatureLearner(full_graph, epoch=0)
+    full_graph = GraphData(PATH, torch.tensor([0, -1, -1, -1]), num_classes=2)  # no per-row batches
+    regularizer = PropagatedLabelRegularizer(feature_graph_from_epoch=0)
+    regularizer.setup(full_graph)
+    backbone = FeatureBackbone().eval()
+    assert regularizer.refresh_at(0)
     with pytest.raises(ConfigError, match="feature_graph_from_epoch needs mini-batched data"):
-        PropagatedLabelRegularizer(feature_graph_from_epoch=0).targets(learner, torch.device("cpu"))
+        regularizer.refresh(full_graph, lambda batch: backbone(batch.x))
 
 
 def test_alignment_to_the_labeled_class_shares_by_hand():

@@ -1,0 +1,105 @@
+"""``nsl-train``: train and test one model (or a sweep with ``-m``); see conf/train.yaml.
+
+    nsl-train data.label_frac=0.01
+    nsl-train -m regularizer=none,graph seed=0,1,2
+    nsl-train -m sweep=cora_label_frac
+
+``python scripts/train.py`` is the same command.
+"""
+from __future__ import annotations
+
+import time
+
+# Before the imports below: a process's first job counts them in its start-up time.
+_STARTED_AT, _CPU_STARTED_AT = time.perf_counter(), time.process_time()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from nsl_lab import multirun  # noqa: E402
+from nsl_lab.compose import CONF_DIR, check_group_options  # noqa: E402
+from nsl_lab.errors import ConfigError, NslLabError, find_error  # noqa: E402
+from nsl_lab.files import METRICS_FILE, RESOLVED_CONFIG_FILE, clear_failure, read_json, write_failure  # noqa: E402
+from nsl_lab.resume import drop_checkpoints  # noqa: E402
+from nsl_lab.run import summary_line, train  # noqa: E402
+
+log = logging.getLogger("nsl_lab.train")
+#: jobs this process has run (a joblib worker runs many): only the first counts the imports
+_jobs_run = 0
+
+
+def quiet_lightning() -> None:
+    """Lightning's per-run notices (GPU/TPU availability, tips, deprecations) say nothing
+    about the run: keep them out of every log."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)`.*")
+
+
+def finished_metrics(cfg: DictConfig, output_dir: str | Path) -> dict | None:
+    """The metrics of this very configuration when it already finished in ``output_dir``."""
+    output_dir = Path(output_dir)
+    resolved = output_dir / RESOLVED_CONFIG_FILE
+    if not resolved.is_file() or resolved.read_text() != OmegaConf.to_yaml(cfg, resolve=True):
+        return None  # another configuration ran here: train again
+    return read_json(output_dir / METRICS_FILE)
+
+
+def job(cfg: DictConfig) -> float:
+    """One Hydra job: a run, or in a multirun one job of the sweep."""
+    global _jobs_run
+    _jobs_run += 1
+    started_at, cpu_started_at = ((_STARTED_AT, _CPU_STARTED_AT) if _jobs_run == 1
+                                  else (time.perf_counter(), time.process_time()))
+    quiet_lightning()
+    output_dir = HydraConfig.get().runtime.output_dir
+    in_multirun = multirun.in_multirun()
+    multirun.default_threads(cfg)
+    multirun.ddp_inside_multirun(cfg)
+    if in_multirun and (done := finished_metrics(cfg, output_dir)) is not None:
+        log.info("already finished in %s: skipped", output_dir)
+        return done.get("test/acc", float("nan"))
+    multirun.one_gpu_per_job(cfg)
+    try:
+        metrics = train(cfg, output_dir, started_at, cpu_started_at)
+    except Exception as error:
+        known = find_error(error, NslLabError)
+        message = f"nsl_lab: error: {known}" if known is not None else None
+        write_failure(output_dir, error, message)
+        if in_multirun:
+            # One bad job must not stop the sweep: the report lists it from failed.json.
+            log.error("job failed (%s): %s", output_dir, message or repr(error))
+            return float("nan")
+        if known is None:
+            raise
+        print(message, file=sys.stderr)
+        sys.exit(2)
+    clear_failure(output_dir)
+    drop_checkpoints(cfg, output_dir)
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(summary_line(metrics, output_dir), flush=True)
+    return metrics.get("test/acc", float("nan"))
+
+
+def main() -> None:
+    """The console command: checks group options, then hands over to Hydra."""
+    try:
+        check_group_options(sys.argv[1:], CONF_DIR)
+    except ConfigError as error:
+        print(f"nsl_lab: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(job)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Where the configs are, composing them from Python (benchmarks, notebooks, tests) without
+the Hydra CLI, and checking group options before Hydra sees them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from nsl_lab.errors import ConfigError
+
+
+def find_conf_dir() -> Path:
+    """``conf/`` at the top of a source checkout (editable installs), else the copy packaged
+    inside the installed library."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parents[1] / "conf"
+    if (checkout / "train.yaml").is_file():
+        return checkout
+    return here / "conf"
+
+
+CONF_DIR = find_conf_dir()
+#: group values Hydra accepts that are not files
+NOT_OPTIONS = {"null", "None", ""}
+
+
+def compose_config(overrides: list[str], output_dir: str | Path, conf_dir: str | Path = CONF_DIR) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides``, writing into ``output_dir``."""
+    check_group_options(overrides, conf_dir)
+    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
+        return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def run_overrides(overrides: list[str], output_dir: str | Path) -> dict[str, float]:
+    """Trains and tests one configuration in this process; returns its metrics."""
+    from nsl_lab.run import train
+
+    return train(compose_config(overrides, output_dir), output_dir)
+
+
+def group_options(conf_dir: str | Path, group: str) -> list[str] | None:
+    """The options of a config group (``regularizer`` -> ``[adversarial, ...]``), ``None``
+    when ``group`` is not a group."""
+    folder = Path(conf_dir) / group
+    if not folder.is_dir():
+        return None
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _option_names(value: Any) -> Iterable[str]:
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _option_names(item)
+    elif value is not None:
+        yield str(value)
+
+
+def check_group_options(arguments: list[str], conf_dir: str | Path = CONF_DIR) -> None:
+    """An override that picks an option a config group does not have (``regularizer=grpah``)
+    stops here with one line listing the options, instead of Hydra's search-path dump."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [a for a in arguments if "=" in a and not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # noqa: BLE001 - a malformed override: Hydra's own message is clear
+        return
+    for override in overrides:
+        group = override.key_or_group
+        options = group_options(conf_dir, group)
+        if options is None or override.is_delete():
+            continue
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                continue
+            values = list(override.sweep_string_iterator())
+        else:
+            values = list(_option_names(override.value()))
+        for value in values:
+            names = [v.strip() for v in value.strip("[]").split(",")] if value.startswith("[") else [value]
+            for name in names:
+                if name not in NOT_OPTIONS and name not in options:
+                    raise ConfigError(f"{group}={name} is not an option of the {group} group; allowed: "
+                                      f"{', '.join(options)}", group)

@@ -1,0 +1,95 @@
+"""What a regularizer may see: one training step, and the graph-level data of a fit.
+
+The learner builds a :class:`TrainingStep` for every step; a datamodule provides one
+:class:`GraphData` per fit (``graph_data()``), which the learner hands to every regularizer's
+``setup`` at fit start. A regularizer never sees the trainer or the datamodule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Literal, Mapping, Protocol, runtime_checkable
+
+import torch
+
+from nsl_lab.batch import Batch
+from nsl_lab.modules.backbone import Backbone, Output
+
+if TYPE_CHECKING:
+    from nsl_lab.graphs.neighbors import NeighborGraph
+
+#: what a regularizer may need from the data, declared by both sides and checked before
+#: any data is loaded:
+#: ``graph`` a sample graph (GraphData.graph); ``batch_graph`` the whole graph in every
+#: training batch (full-graph training); ``neighbors`` each batch's graph neighbours (the
+#: whole graph in the batch, or packed neighbours); ``unlabeled_in_batch`` unlabeled rows in
+#: the training batches.
+Requirement = Literal["graph", "batch_graph", "neighbors", "unlabeled_in_batch"]
+
+
+@dataclass
+class TrainingStep:
+    """One training step as a regularizer sees it.
+
+    Attributes:
+        batch: the training batch.
+        output: the backbone's output on ``batch.x`` (``logits``, ``hidden``).
+        backbone: the backbone (callable; ``embed`` and ``head`` for perturbations).
+        epoch: the current epoch (0-based).
+        num_classes: number of classes.
+        embedding: the input embedding :math:`z` = ``backbone.embed(batch.x)`` with
+            ``requires_grad``, when a regularizer declares ``needs_embedding``.
+        embedding_grad: the clean supervised loss's gradient w.r.t. ``embedding``, computed
+            in the same backward pass as the parameters' gradients.
+    """
+
+    batch: Batch
+    output: Output
+    backbone: Backbone
+    epoch: int = 0
+    num_classes: int = 0
+    embedding: torch.Tensor | None = None
+    embedding_grad: torch.Tensor | None = None
+
+    def forward(self, batch: Batch) -> Output:
+        """The backbone's output on another batch (neighbours, perturbed copies)."""
+        return run_backbone(self.backbone, batch)
+
+
+def run_backbone(backbone: Backbone, batch: Batch) -> Output:
+    """``backbone(batch.x)``, passing the token lengths when the batch has them."""
+    extra = {} if batch.lengths is None else {"lengths": batch.lengths}
+    return backbone(batch.x, **extra)
+
+
+@dataclass(frozen=True)
+class GraphData:
+    """Graph-level data of one fit, provided by the datamodule.
+
+    Attributes:
+        graph: the sample graph over every row (``None`` when the data has none).
+        train_labels: ``[N]`` every row's training label, ``-1`` where none is kept.
+        num_classes: number of classes.
+        rows: row ids of each split (``train``, ``val``, ``test``).
+        batch_rows: builds the :class:`Batch` of the given rows' inputs (with training
+            labels), for regularizers that embed the whole dataset; ``None`` when every
+            training batch already holds every row.
+        eval_batch_size: rows per batch for such passes.
+        full_batch: every training batch is the whole graph (row ``i`` = node ``i``, labels
+            = ``train_labels``), so whatever a regularizer derives from the batch's rows and
+            labels can be found once.
+    """
+
+    graph: "NeighborGraph | None"
+    train_labels: torch.Tensor
+    num_classes: int
+    rows: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    batch_rows: Callable[[torch.Tensor], Batch] | None = None
+    eval_batch_size: int = 512
+    full_batch: bool = False
+
+
+@runtime_checkable
+class GraphDataSource(Protocol):
+    """A datamodule that provides :class:`GraphData`."""
+
+    def graph_data(self) -> GraphData: ...

@@ -1,0 +1,283 @@
+"""Cora and CiteSeer citation graphs (Planetoid), trained full-graph."""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from nsl_lab.batch import Batch
+from nsl_lab.context import GraphData, Requirement
+from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
+from nsl_lab.errors import ConfigError, check_choice, check_integer
+from nsl_lab.graphs.build import GraphSpec, dense_embeddings, similarity_graph
+from nsl_lab.graphs.neighbors import NeighborGraph
+
+NAMES = ("Cora", "CiteSeer")
+RAW_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+TENSORS_FILE = "nsl_lab_tensors.pt"  # beside torch-geometric's processed files: removed with them
+
+
+def _single_batch(batch: Batch) -> DataLoader:
+    # batch_size=None hands the one item through unchanged.
+    return DataLoader([batch], batch_size=None, collate_fn=_identity)
+
+
+def _identity(item: Batch) -> Batch:
+    return item
+
+
+@dataclass
+class PlanetoidTensors:
+    """What nsl_lab uses of torch-geometric's Planetoid graph, cached as plain tensors."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    edge_index: torch.Tensor
+    train_mask: torch.Tensor
+    val_mask: torch.Tensor
+    test_mask: torch.Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.x.shape[0])
+
+
+def raw_files(name: str) -> list[str]:
+    return [f"ind.{name.lower()}.{part}" for part in RAW_PARTS]
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("NSL_LAB_CACHE", str(Path.home() / ".cache" / "nsl_lab"))
+
+
+class PlanetoidDataModule(pl.LightningDataModule):
+    """A Planetoid citation graph with a configurable share of labeled training nodes.
+
+    Features of every node and the natural citation graph are used in training
+    (transductive, as GCN and Graph-MLP); labels only on the chosen training nodes.
+    Validation and test use Planetoid's public 500 / 1000 nodes. The training pool is
+    every node outside them; ``label_frac`` keeps labels on a stratified, seeded fraction
+    of it (at least one per class), ``labels_per_class`` on a fixed count per class, and
+    neither means Planetoid's public split (20 per class). Each stage is one batch holding
+    the whole graph.
+
+    The raw files are read from ``<data_dir>/planetoid/<name>/raw`` and copied into
+    ``<cache_dir>`` where torch-geometric processes them, so the data root may be read-only.
+
+    Args:
+        name: ``Cora`` or ``CiteSeer``.
+        data_dir: the data root.
+        cache_dir: where processed files go (default ``$NSL_LAB_CACHE`` or ``~/.cache/nsl_lab``).
+        label_frac: fraction of the training pool that keeps labels, in ``(0, 1]``.
+        labels_per_class: alternatively, labeled nodes per class drawn from the pool.
+        seed: seed of the label draw.
+        graph: ``natural`` (the citation graph), ``knn`` or a :class:`~nsl_lab.graphs.build.GraphSpec`
+            mapping such as ``{kind: knn, k: 10, embedding: features}`` (a cosine kNN graph
+            synthesized from the node features, ``features`` or ``pca``, instead of the citations).
+        normalize_features: divide each feature row by its sum, as GCN.
+        transductive: when false, edges touching validation or test nodes are dropped.
+        sparse_features: hand features over as a sparse COO tensor (much faster for
+            bag-of-words; backbones that need dense inputs call ``.to_dense()``).
+        download: fetch the raw files with torch-geometric when they are missing.
+    """
+
+    input_kind = "features"
+    preset = "cora_public"
+
+    @classmethod
+    def provides(cls, settings: Mapping[str, Any]) -> frozenset[Requirement]:
+        """Every stage is one batch holding the whole graph, unlabeled nodes included."""
+        return frozenset({"graph", "batch_graph", "neighbors", "unlabeled_in_batch"})
+
+    def __init__(
+        self,
+        name: str = "Cora",
+        data_dir: str = "data",
+        cache_dir: str | None = None,
+        label_frac: float | None = None,
+        labels_per_class: int | None = None,
+        seed: int = 0,
+        graph: "str | dict" = "natural",
+        normalize_features: bool = True,
+        transductive: bool = True,
+        sparse_features: bool = True,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        check_choice("data.name", name, NAMES)
+        given = dict(graph) if hasattr(graph, "items") else {}
+        self.graph_spec = GraphSpec.parse(given or graph)
+        check_choice("data.graph.kind", self.graph_spec.kind, ("natural", "knn"))
+        if self.graph_spec.kind == "knn":
+            if "embedding" not in given:  # node features, not GraphSpec's text default
+                self.graph_spec = replace(self.graph_spec, embedding="features")
+            check_choice("data.graph.embedding", self.graph_spec.embedding, ("features", "pca"))
+        check_label_setting(label_frac, labels_per_class)
+        check_integer("seed", seed, 0)
+        self.name, self.data_dir = name, Path(data_dir).expanduser()
+        self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
+        self.label_frac, self.labels_per_class, self.seed = label_frac, labels_per_class, int(seed)
+        self.normalize_features = normalize_features
+        self.transductive, self.download = transductive, download
+        self.sparse_features = sparse_features
+        self._batches: dict[str, Batch] | None = None
+        self._scored: dict[str, Batch] = {}
+
+    # -- loading -------------------------------------------------------------------------
+    def _raw_source(self) -> Path | None:
+        raw = self.data_dir / "planetoid" / self.name / "raw"
+        if all((raw / f).is_file() for f in raw_files(self.name)):
+            return raw
+        return None
+
+    def _missing_data_error(self, reason: str = "") -> ConfigError:
+        where = self.data_dir / "planetoid" / self.name / "raw"
+        return ConfigError(
+            f"Planetoid {self.name} raw files not found: put {', '.join(raw_files(self.name))} in {where} "
+            f"(set the data root with paths.data_dir=... or NSL_LAB_DATA){reason}"
+        )
+
+    def _load(self) -> "PlanetoidTensors":
+        if not self.data_dir.is_dir():
+            raise self._missing_data_error(f"; the data root {self.data_dir} does not exist")
+        # Parallel jobs (joblib, submitit) share the cache: one at a time copies and processes.
+        with open(self._ensure(self.cache_dir / "planetoid") / f".{self.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._load_locked()
+
+    def _load_locked(self) -> "PlanetoidTensors":
+        root = self.cache_dir / "planetoid"
+        cached_raw = root / self.name / "raw"
+        tensors = root / self.name / "processed" / TENSORS_FILE
+        has_raw = all((cached_raw / f).is_file() for f in raw_files(self.name))
+        if has_raw and tensors.is_file():
+            # Plain tensors: no torch-geometric import (~0.5 s of every run's start).
+            return PlanetoidTensors(**torch.load(tensors, weights_only=True))
+        # Here only: importing torch-geometric takes ~0.5 s, a cached run never needs it.
+        from torch_geometric.datasets import Planetoid
+
+        if not has_raw:
+            source = self._raw_source()
+            if source is None and not self.download:
+                raise self._missing_data_error()
+            staging = Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=self._ensure(root)))
+            try:
+                if source is not None:
+                    shutil.copytree(source, staging / self.name / "raw")
+                else:
+                    try:
+                        Planetoid(str(staging), name=self.name)  # torch-geometric downloads
+                    except Exception as error:  # no network, or the mirror is down
+                        raise self._missing_data_error(f" and the download failed ({error})") from None
+                self._publish(staging / self.name, root / self.name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        data = Planetoid(str(root), name=self.name)[0]
+        loaded = PlanetoidTensors(**{f.name: getattr(data, f.name) for f in fields(PlanetoidTensors)})
+        partial = tensors.with_suffix(".partial")
+        torch.save(asdict(loaded), partial)
+        partial.replace(tensors)  # atomic: a reader never sees half a file
+        return loaded
+
+    @staticmethod
+    def _ensure(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @staticmethod
+    def _publish(staging: Path, target: Path) -> None:
+        # A rename is atomic: parallel jobs never see a half-copied folder.
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)  # a stale cache without all raw files
+        try:
+            os.replace(staging, target)
+        except OSError:  # another job published first
+            pass
+
+    # -- Lightning hooks -----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._batches is not None:
+            return
+        data = self._load()
+        x = data.x
+        if self.normalize_features:
+            x = x / x.sum(1, keepdim=True).clamp_min(1.0)
+        if self.sparse_features:
+            x = x.to_sparse().coalesce()
+        labels = data.y
+        evaluation = data.val_mask | data.test_mask
+        if self.label_frac is None and self.labels_per_class is None:
+            labeled = data.train_mask.nonzero().flatten()
+        else:
+            labeled = stratified_label_subset(
+                labels, ~evaluation, self.seed, self.label_frac, self.labels_per_class
+            )
+        edge_index, edge_weight = data.edge_index, torch.ones(data.edge_index.shape[1])
+        if self.graph_spec.kind == "knn":
+            spec = self.graph_spec
+            embeddings = dense_embeddings(data.x, spec.embedding, spec.dim, seed=0)
+            edge_index, edge_weight = similarity_graph(embeddings, spec.k, spec.threshold, spec.method, spec.block_size)
+        if not self.transductive:
+            keep = ~(evaluation[edge_index[0]] | evaluation[edge_index[1]])
+            edge_index, edge_weight = edge_index[:, keep], edge_weight[keep]
+        self.graph = NeighborGraph(edge_index, data.num_nodes, edge_weight)
+        self.num_features, self.num_classes = int(x.shape[1]), int(labels.max()) + 1
+        self.num_nodes, self.n_labeled = int(data.num_nodes), int(labeled.numel())
+        self.labeled_index = labeled
+        index = torch.arange(self.num_nodes)
+
+        def stage_batch(nodes: torch.Tensor) -> Batch:
+            y = torch.full_like(labels, -1)
+            y[nodes] = labels[nodes]
+            return Batch(x=x, y=y, index=index, graph=self.graph)
+
+        self._batches = {
+            "train": stage_batch(labeled),
+            "val": stage_batch(data.val_mask.nonzero().flatten()),
+            "test": stage_batch(data.test_mask.nonzero().flatten()),
+        }
+
+    def graph_data(self) -> GraphData:
+        """The citation (or kNN) graph and every node's training label; every training batch
+        is the whole graph."""
+        rows = {stage: batch.labeled.nonzero().flatten() for stage, batch in self._batches.items()}
+        return GraphData(self.graph, self._batches["train"].y, self.num_classes, rows, full_batch=True)
+
+    def _scored_rows(self, stage: str) -> Batch:
+        """The stage's batch cut to its labeled rows.
+
+        Validation runs every epoch; the backbone sees each node's features only (never the
+        graph), so in eval mode a node's logits do not depend on the other rows: the 500
+        validation rows give the accuracy of the full-graph batch at a fifth of the cost.
+        """
+        if stage not in self._scored:
+            batch = self._batches[stage]
+            rows = batch.labeled.nonzero().flatten()
+            x = batch.x.index_select(0, rows).coalesce() if batch.x.is_sparse else batch.x[rows]
+            self._scored[stage] = replace(batch, x=x, y=batch.y[rows], index=batch.index[rows])
+        return self._scored[stage]
+
+    def train_dataloader(self) -> DataLoader:
+        return _single_batch(self._batches["train"])
+
+    def val_dataloader(self) -> DataLoader:
+        return _single_batch(self._scored_rows("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return _single_batch(self._batches["test"])
+
+    def __repr__(self) -> str:
+        setting = (
+            f"label_frac={self.label_frac}" if self.label_frac is not None
+            else f"labels_per_class={self.labels_per_class}" if self.labels_per_class is not None
+            else "public split"
+        )
+        return f"{self.__class__.__name__}({self.name!r}, {setting}, seed={self.seed})"

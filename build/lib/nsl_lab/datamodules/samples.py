@@ -1,0 +1,271 @@
+"""Mini-batch datamodules over a table of samples with an optional sample graph.
+
+The shared part of the IMDB and bring-your-own-data datamodules: splits (a test set given
+or carved, a validation set carved from training, ``label_frac`` on the rest), loaders,
+and NSL-style neighbour packing, where each training batch carries the inputs of every
+sample's top-``k`` graph neighbours.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from nsl_lab.batch import Batch, trim_padding
+from nsl_lab.context import GraphData, Requirement
+from nsl_lab.modules.backbone import InputKind
+from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
+from nsl_lab.datamodules.planetoid import default_cache_dir
+from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
+from nsl_lab.graphs.build import GraphSpec, load_graph, save_graph, similarity_graph
+from nsl_lab.graphs.neighbors import NeighborGraph, Sampling
+
+
+@dataclass
+class Samples:
+    """Every sample of a dataset: inputs, labels (``-1`` = none) and, when given, the test rows."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    lengths: torch.Tensor | None = None
+    test_index: torch.Tensor | None = None
+
+
+def carve(rows: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rest, carved)``: a seeded random ``fraction`` of ``rows`` split off (sorted)."""
+    order = rows[torch.randperm(rows.numel(), generator=generator)]
+    count = int(round(fraction * rows.numel()))
+    return order[count:].sort().values, order[:count].sort().values
+
+
+class LabeledTopUpSampler(Sampler[list[int]]):
+    """Shuffled batches of ``batch_size`` training rows, each topped up with
+    ``labeled_per_batch`` labeled rows, as SSL methods pair every unlabeled batch with a
+    labeled one (FixMatch, Sohn et al. 2020).
+
+    With 1% of the rows labeled, a plain shuffle shows each labeled row once per epoch and
+    most batches none at all; the top-up shows every batch some labels. The labeled rows are
+    drawn in a seeded cycle: each once, in a fresh order, before any repeats. Yields positions
+    into the training rows; an epoch is one pass over them.
+
+    Args:
+        num_rows: training rows (labeled or not).
+        labeled: positions of the labeled ones among them.
+        batch_size: shuffled training rows per batch (the last batch may hold fewer).
+        labeled_per_batch: labeled rows added to each batch.
+        generator: the seeded source of both orders.
+    """
+
+    def __init__(self, num_rows: int, labeled: torch.Tensor, batch_size: int, labeled_per_batch: int,
+                 generator: torch.Generator) -> None:
+        if labeled.numel() == 0:
+            raise ConfigError("data.labeled_per_batch > 0 needs labeled training rows; there are none")
+        self.num_rows, self.labeled, self.generator = num_rows, labeled, generator
+        self.batch_size, self.labeled_per_batch = batch_size, labeled_per_batch
+        self._cycle = torch.zeros(0, dtype=torch.long)
+
+    def _draw_labeled(self) -> torch.Tensor:
+        while self._cycle.numel() < self.labeled_per_batch:
+            order = self.labeled[torch.randperm(self.labeled.numel(), generator=self.generator)]
+            self._cycle = torch.cat([self._cycle, order])
+        drawn, self._cycle = self._cycle[:self.labeled_per_batch], self._cycle[self.labeled_per_batch:]
+        return drawn
+
+    def __iter__(self):
+        order = torch.randperm(self.num_rows, generator=self.generator)
+        for batch in order.split(self.batch_size):
+            yield torch.cat([batch, self._draw_labeled()]).tolist()
+
+    def __len__(self) -> int:
+        return -(-self.num_rows // self.batch_size)
+
+
+class SampleDataModule(pl.LightningDataModule):
+    """Base class: subclasses implement :meth:`load_samples` and :meth:`build_graph`.
+
+    Splits: the test rows are ``Samples.test_index`` or a seeded ``test_frac`` of the
+    labeled rows; ``val_frac`` of the remaining labeled rows is validation; ``label_frac``
+    (stratified, seeded) of the rest keeps its labels. Training batches hold the labeled
+    training rows and, with ``include_unlabeled``, every other non-evaluation row with
+    ``y = -1`` (seeds for ``seeds: all``). Validation and test labels are never seen in
+    training, but those rows stay graph nodes (transductive, features only).
+
+    With ``neighbors = k > 0`` and a graph, each training batch packs the inputs of each
+    sample's ``k`` neighbours (``neighbor_sampling``: ``top_k`` by weight or ``uniform``)
+    as ``batch.neighbors`` plus ``batch.neighbor_weight [B, k]`` (0 = padding).
+
+    With ``include_unlabeled`` and ``labeled_per_batch = m > 0``, every training batch also
+    holds ``m`` labeled rows (:class:`LabeledTopUpSampler`).
+    """
+
+    input_kind: ClassVar[InputKind] = "features"
+    preset: ClassVar[str | None] = None
+    #: the graph a subclass builds when ``graph`` is not set
+    default_graph: ClassVar[str] = "none"
+
+    @classmethod
+    def provides(cls, settings: Mapping[str, Any]) -> frozenset[Requirement]:
+        """What training batches give a regularizer with these settings (``data.*``)."""
+        graph = settings.get("graph") or cls.default_graph
+        kind = graph.get("kind", "knn") if isinstance(graph, Mapping) else graph
+        provided: set[Requirement] = set()
+        if kind != "none":
+            provided.add("graph")
+            if settings.get("neighbors", 0):
+                provided.add("neighbors")
+        if settings.get("include_unlabeled", False):
+            provided.add("unlabeled_in_batch")
+        return frozenset(provided)
+
+    def __init__(
+        self,
+        cache_dir: str | None = None,
+        label_frac: float | None = None,
+        val_frac: float = 0.1,
+        test_frac: float = 0.2,
+        seed: int = 0,
+        graph: "str | dict | GraphSpec | None" = None,
+        neighbors: int = 0,
+        neighbor_sampling: str = "top_k",
+        include_unlabeled: bool = False,
+        labeled_per_batch: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int = 512,
+    ) -> None:
+        super().__init__()
+        check_label_setting(label_frac, None)
+        check_range("data.val_frac", val_frac, 0.0, 1.0, high_inclusive=False)
+        check_range("data.test_frac", test_frac, 0.0, 1.0, high_inclusive=False)
+        check_integer("data.neighbors", neighbors, 0)
+        check_integer("data.batch_size", batch_size, 1)
+        check_integer("data.labeled_per_batch", labeled_per_batch, 0)
+        check_integer("seed", seed, 0)
+        if labeled_per_batch and not include_unlabeled:
+            raise ConfigError(f"data.labeled_per_batch={labeled_per_batch} needs data.include_unlabeled=true "
+                              "(without unlabeled rows every training row is labeled already); allowed: 0 or "
+                              "include_unlabeled=true")
+        check_integer("data.eval_batch_size", eval_batch_size, 1)
+        check_choice("data.neighbor_sampling", neighbor_sampling, Sampling)
+        self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
+        self.label_frac, self.val_frac, self.test_frac, self.seed = label_frac, val_frac, test_frac, int(seed)
+        self.graph_spec = GraphSpec.parse(dict(graph) if hasattr(graph, "items") else graph)
+        self.num_neighbors, self.neighbor_sampling = int(neighbors), neighbor_sampling
+        self.include_unlabeled, self.labeled_per_batch = bool(include_unlabeled), int(labeled_per_batch)
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.graph: NeighborGraph | None = None
+        self._ready = False
+
+    # -- for subclasses ------------------------------------------------------------------
+    def load_samples(self) -> Samples:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def build_graph(self, samples: Samples) -> NeighborGraph | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def cached_similarity_graph(self, name: str, embed, num_nodes: int, **context) -> NeighborGraph:
+        """A knn graph from ``embed()`` (called only on a cache miss), cached under its parameters."""
+        spec = self.graph_spec
+        path = self.cache_dir / "graphs" / f"{name}-{spec.key(num_nodes=num_nodes, **context)}.pt"
+        if path.is_file():
+            edge_index, edge_weight, _, _ = load_graph(path)
+        else:
+            embeddings = embed()
+            edge_index, edge_weight = similarity_graph(
+                embeddings, spec.k, spec.threshold, spec.method, spec.block_size, progress=True
+            )
+            save_graph(path, edge_index, edge_weight, len(embeddings), {**vars(spec), **context})
+        # The embedded rows are the first samples; any later ones (e.g. test rows) stay isolated.
+        return NeighborGraph(edge_index, num_nodes, edge_weight)
+
+    # -- splits --------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        samples = self.load_samples()
+        generator = torch.Generator().manual_seed(self.seed)
+        y = samples.y.long()
+        has_label = y >= 0
+        if samples.test_index is None:
+            pool, test = carve(has_label.nonzero().flatten(), self.test_frac, generator)
+        else:
+            test = samples.test_index
+            is_test = torch.zeros_like(has_label)
+            is_test[test] = True
+            pool = (has_label & ~is_test).nonzero().flatten()
+        train_pool, val = carve(pool, self.val_frac, generator)
+        if train_pool.numel() == 0:
+            raise ConfigError("no labeled training samples are left after the validation and test splits")
+        if self.label_frac is None or self.label_frac == 1.0:
+            labeled = train_pool
+        else:
+            labeled = stratified_label_subset(y, train_pool, self.seed, self.label_frac)
+        evaluation = torch.zeros_like(has_label)
+        evaluation[val], evaluation[test] = True, True
+        if self.include_unlabeled:
+            train_rows = (~evaluation).nonzero().flatten()
+        else:
+            train_rows = labeled
+        self.samples = samples
+        self.y_train = torch.full_like(y, -1)
+        self.y_train[labeled] = y[labeled]
+        self.y_val = torch.full_like(y, -1)
+        self.y_val[val] = y[val]
+        self.y_test = torch.full_like(y, -1)
+        self.y_test[test] = y[test]
+        self.rows = {"train": train_rows, "val": val, "test": test}
+        self.labeled_index, self.n_labeled = labeled, int(labeled.numel())
+        self.num_classes = int(y.max()) + 1
+        self.graph = self.build_graph(samples)
+        self._ready = True
+
+    # -- batches -------------------------------------------------------------------------
+    def graph_data(self) -> GraphData:
+        """The sample graph, every row's training label and a way to batch any rows."""
+        return GraphData(self.graph, self.y_train, self.num_classes, dict(self.rows),
+                         batch_rows=lambda rows: self.rows_batch(rows, self.y_train),
+                         eval_batch_size=self.eval_batch_size)
+
+    def rows_batch(self, index: torch.Tensor, y: torch.Tensor) -> Batch:
+        lengths = None if self.samples.lengths is None else self.samples.lengths[index]
+        return Batch(x=trim_padding(self.samples.x[index], lengths), y=y[index], index=index, lengths=lengths)
+
+    def collate(self, items: list[torch.Tensor], stage: str, generator: torch.Generator | None = None) -> Batch:
+        index = torch.stack(items).long()
+        labels = {"train": self.y_train, "val": self.y_val, "test": self.y_test}[stage]
+        batch = self.rows_batch(index, labels)
+        if stage == "train" and self.num_neighbors and self.graph is not None:
+            ids, weight = self.graph.neighbors(index, self.num_neighbors, self.neighbor_sampling, generator)
+            # Padding slots point at the sample itself; their weight is exactly 0.
+            ids = torch.where(ids >= 0, ids, index[:, None])
+            batch.neighbors = self.rows_batch(ids.reshape(-1), self.y_train)
+            batch.neighbor_weight = weight
+        return batch
+
+    def _loader(self, stage: str) -> DataLoader:
+        train = stage == "train"
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        sampler_generator = torch.Generator().manual_seed(self.seed + 1) if train else None
+        collate = partial(self.collate, stage=stage, generator=sampler_generator)
+        if train and self.labeled_per_batch:
+            rows = self.rows["train"]
+            batches = LabeledTopUpSampler(rows.numel(), (self.y_train[rows] >= 0).nonzero().flatten(),
+                                          self.batch_size, self.labeled_per_batch, generator)
+            return DataLoader(rows, batch_sampler=batches, collate_fn=collate)
+        return DataLoader(
+            self.rows[stage], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            generator=generator, collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

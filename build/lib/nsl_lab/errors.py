@@ -1,0 +1,122 @@
+"""Errors for bad user input, and the checks that raise them.
+
+Every message names the offending setting, its value and what is allowed, so a bad
+override fails in one line instead of a stack trace from deep inside torch. A component
+names its settings locally (``multiplier``); :func:`config_scope` prefixes them with the
+config path the component was built from (``regularizer.graph_unlabeled.multiplier``).
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import typing
+from typing import Any, Iterable, Iterator
+
+
+class NslLabError(Exception):
+    """A run cannot go on for a reason the user can act on; printed as one line."""
+
+
+class ConfigError(NslLabError, ValueError):
+    """A setting has a value nsl_lab cannot use.
+
+    Args:
+        message: the whole line, naming the setting.
+        setting: the setting's name as the message spells it, so that :meth:`scoped` can
+            put the config path in front of it.
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+    def scoped(self, prefix: str) -> "ConfigError":
+        """This error with ``prefix`` before every mention of its setting (once)."""
+        if not self.setting or self.setting.startswith(prefix):
+            return self
+        pattern = rf"(?<![\w.]){re.escape(self.setting)}(?![\w])"
+        message = re.sub(pattern, prefix + self.setting, str(self))
+        return ConfigError(message, prefix + self.setting)
+
+
+class TrainingDiverged(NslLabError):
+    """The loss became non-finite or exploded: the run stopped, keeping what it wrote."""
+
+
+@contextlib.contextmanager
+def config_scope(prefix: str) -> Iterator[None]:
+    """Errors raised inside name their settings with ``prefix`` (e.g. ``regularizer.graph.``).
+
+    Hydra's ``instantiate`` wraps constructor errors; the :class:`ConfigError` behind them
+    is found and re-raised scoped, without the wrapper.
+    """
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - only ConfigErrors are rewritten
+        found = find_error(error, ConfigError)
+        if found is None:
+            raise
+        raise found.scoped(prefix) from None
+
+
+def find_error(error: BaseException | None, kind: type[BaseException] = NslLabError) -> Any:
+    """The exception of type ``kind`` behind ``error`` (Hydra wraps errors raised in constructors)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def choices(allowed: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal[...]`` type, or the items of any iterable (a mapping's keys)."""
+    if typing.get_origin(allowed) is typing.Literal:
+        return typing.get_args(allowed)
+    return tuple(allowed)
+
+
+def check_choice(name: str, value: Any, allowed: Any) -> Any:
+    """Checks that ``value`` is one of ``allowed`` (a ``Literal`` type or an iterable)."""
+    options: Iterable[Any] = choices(allowed)
+    options = tuple(options)
+    if value not in options:
+        listed = ", ".join(repr(a) for a in options)
+        raise ConfigError(f"{name}={value!r} is not supported; allowed: {listed}", name)
+    return value
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> Any:
+    """Checks ``low <= value <= high`` (bounds optional, each inclusive or not)."""
+    def describe() -> str:
+        left = "" if low is None else f"{low} {'<=' if low_inclusive else '<'} "
+        right = "" if high is None else f" {'<=' if high_inclusive else '<'} {high}"
+        return f"{left}{name}{right}"
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}={value!r} must be a number with {describe()}", name)
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if too_low or too_high or value != value:  # value != value catches NaN
+        raise ConfigError(f"{name}={value!r} is out of range; allowed: {describe()}", name)
+    return value
+
+
+def check_integer(name: str, value: Any, minimum: int, *, optional: bool = False) -> Any:
+    """Checks that ``value`` is an integer (not a bool, not a float) >= ``minimum``
+    (or ``None`` when ``optional``)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or null" if optional else "")
+        raise ConfigError(f"{name}={value!r} is not allowed; it must be {allowed}", name)
+    return value

@@ -1,0 +1,3 @@
+from nsl_lab.graphs.neighbors import NeighborGraph
+
+__all__ = ["NeighborGraph"]

@@ -1,0 +1,101 @@
+"""Resuming an interrupted run: where its checkpoint lives, which one to load, and the logged
+history to keep."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nsl_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(cfg: DictConfig, output_dir: str | Path) -> Path:
+    """``<run dir>/checkpoints/<digest of the resolved config>``: a run resumes only its own
+    configuration, never a checkpoint another configuration left in the same directory."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings.pop("ckpt_path", None)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(output_dir) / CHECKPOINT_DIR / digest
+
+
+def read_checkpoint(path: str | Path, setting: str = "ckpt_path") -> dict[str, Any]:
+    """A Lightning checkpoint loaded with ``weights_only=True``, or one line saying why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{setting}={str(path)!r}: no such file; give a checkpoint written by nsl_lab "
+                          "(<run dir>/checkpoints/<digest>/last.ckpt), 'last' or null", setting)
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same bad input
+        raise ConfigError(f"{setting}={str(path)!r} is not a checkpoint nsl_lab can read "
+                          f"({type(error).__name__}); give a last.ckpt written by nsl_lab", setting) from None
+    if not isinstance(stored, dict) or "state_dict" not in stored or "epoch" not in stored:
+        raise ConfigError(f"{setting}={str(path)!r} is not a Lightning checkpoint (no state_dict / epoch)", setting)
+    return stored
+
+
+def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
+    """``ckpt_path`` for ``Trainer.fit``: a configured path; ``last`` or null: the ``last.ckpt``
+    an interrupted run of this same configuration left in this run directory (null: if any)."""
+    configured = cfg.get("ckpt_path")
+    last = checkpoint_dir(cfg, output_dir) / "last.ckpt"
+    if configured and configured != "last":
+        read_checkpoint(configured)
+        return str(configured)
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    if configured == "last":
+        raise ConfigError(f"ckpt_path=last but this configuration has no checkpoint yet: {last} does not exist",
+                          "ckpt_path")
+    return None
+
+
+def drop_checkpoints(cfg: DictConfig, output_dir: str | Path) -> None:
+    """After a job finished (metrics.json written) its checkpoint is never needed again: a
+    re-launched sweep skips the job. ``checkpoint.keep=true`` keeps it."""
+    if not (cfg.get("checkpoint") or {}).get("keep", False):
+        shutil.rmtree(checkpoint_dir(cfg, output_dir), ignore_errors=True)
+
+
+def logged_history(csv_path: str | Path, last_epoch: int) -> list[dict[str, float]]:
+    """The rows of a CSV log up to and including ``last_epoch`` (those a checkpoint covers);
+    rows of the epochs after it are logged again by the resumed run."""
+    path = Path(csv_path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = []
+    for row in rows:
+        values = {key: float(value) for key, value in row.items() if value not in ("", None)}
+        if values.get("epoch", 0.0) <= last_epoch:
+            values["step"] = int(values.get("step", 0))
+            kept.append(values)
+    return kept
+
+
+def restore_logged_history(logger: Any, ckpt_path: str | None) -> None:
+    """A resumed run's CSV logger starts from the rows logged before its checkpoint (Lightning's
+    CSV writer would otherwise delete them)."""
+    if ckpt_path is None or not hasattr(logger, "experiment") or not hasattr(logger, "log_dir"):
+        return
+    from pytorch_lightning.loggers import CSVLogger
+
+    if not isinstance(logger, CSVLogger):
+        return
+    csv_path = Path(logger.log_dir) / "metrics.csv"
+    rows = logged_history(csv_path, int(read_checkpoint(ckpt_path)["epoch"]))
+    writer = logger.experiment  # creating the writer removes the old file
+    writer.metrics.extend(rows)
