@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from nsl_lab.attacks import FGSM, PGD, SteepestAscent, frozen_batch_norm_statistics, project, steepest_direction
-from nsl_lab.errors import ConfigError
+from nsl_lab.errors import ConfigError, config_scope
 
 
 def linear_model(weight: list[list[float]]) -> nn.Linear:
@@ -110,12 +110,16 @@ def test_attack_restores_mode_and_leaves_no_gradients():
 
 
 def test_bad_settings_fail_with_names():
-    with pytest.raises(ConfigError, match=r"attack.eps=-0.1 is out of range"):
+    with pytest.raises(ConfigError, match=r"^eps=-0.1 is out of range"):
         PGD(-0.1)
-    with pytest.raises(ConfigError, match=r"attack.norm='l1' is not supported"):
+    with pytest.raises(ConfigError, match=r"^norm='l1' is not supported"):
         PGD(0.1, norm="l1")
-    with pytest.raises(ConfigError, match=r"attack.steps=0"):
+    with pytest.raises(ConfigError, match=r"^steps=0"):
         PGD(0.1, steps=0)
+    # A run names the setting by its config path.
+    with pytest.raises(ConfigError, match=r"^eval\.attack\.eps=-0.1 is out of range"):
+        with config_scope("eval.attack."):
+            PGD(-0.1)
     with pytest.raises(ConfigError, match=r"norm='l3' is not supported"):
         SteepestAscent(norm="l3")
     with pytest.raises(ConfigError, match=r"random_init=True needs"):

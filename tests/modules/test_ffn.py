@@ -71,7 +71,7 @@ def test_sparse_first_layer_matches_the_dense_layer_values_and_gradients():
 
 def test_ffn_gives_the_same_logits_for_sparse_and_dense_features():
     dense = sparse_input(30, 20, 2)
-    model = FFN(20, 4, hidden_sizes=[16], dropout=0.5, layer_norm=True, embedding_size=8).eval()
+    model = FFN(20, 4, hidden_sizes=[16], dropout=0.5, layer_norm=True, projection_size=8).eval()
     assert torch.allclose(model(dense.to_sparse()).logits, model(dense).logits, atol=1e-5)
 
 

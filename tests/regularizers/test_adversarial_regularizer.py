@@ -10,26 +10,20 @@ from nsl_lab.modules import CNN, ResNet
 from nsl_lab.regularizers import Regularizer, TrainingStep
 
 
-class CountingLinear(nn.Module):
-    """Logits = W x; counts forward passes through ``head``."""
+class CountingLinear(Backbone):
+    """Logits = W x; counts forward passes through ``head`` (``embed`` is the identity)."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
         with torch.no_grad():
             self.linear.weight.copy_(weight)
-        self.num_classes, self.calls = weight.shape[0], 0
-
-    def embed(self, x):
-        return x
+        self.in_features, self.num_classes, self.calls = weight.shape[1], weight.shape[0], 0
 
     def head(self, z, **_):
         self.calls += 1
         logits = self.linear(z)
         return Output(logits, logits)
-
-    def forward(self, x, **extra):
-        return self.head(self.embed(x), **extra)
 
 
 class TokenBag(Backbone):

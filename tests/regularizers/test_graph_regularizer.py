@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from nsl_lab import Batch, ConfigError, GraphRegularizer, NeighborGraph, Output, StructuredLearner
+from nsl_lab.modules import WrappedModule
 from nsl_lab.regularizers import GraphData, NeighborContrastiveRegularizer, TrainingStep
 from nsl_lab.regularizers.contrastive import PositivePairs, normalized_adjacency_power
 
@@ -104,6 +105,7 @@ def test_python_api_wraps_a_plain_module():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 2))  # returns logits only
     learner = StructuredLearner(model, [GraphRegularizer(multiplier=0.5)], num_classes=2)
+    assert isinstance(learner.backbone, WrappedModule) and learner.backbone.module is model
     loss = learner.training_step(batch(), 0)
     loss.backward()
     assert loss.item() > 0 and all(p.grad is not None for p in model.parameters())
