@@ -137,7 +137,7 @@ def test_labeled_rows_in_every_training_batch(files):
 def test_labeled_per_batch_errors(files):
     with pytest.raises(ConfigError, match="data.labeled_per_batch=2 needs data.include_unlabeled=true"):
         make(files, labeled_per_batch=2)
-    with pytest.raises(ConfigError, match="data.labeled_per_batch=-1 is out of range"):
+    with pytest.raises(ConfigError, match="data.labeled_per_batch=-1 is not allowed; it must be an integer >= 0"):
         make(files, labeled_per_batch=-1, include_unlabeled=True)
     with pytest.raises(ConfigError, match="needs labeled training rows; there are none"):
         LabeledTopUpSampler(5, torch.zeros(0, dtype=torch.long), 2, 1, torch.Generator())

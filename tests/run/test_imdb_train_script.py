@@ -31,7 +31,7 @@ def test_imdb_bad_graph_setting_fails_in_one_line(tmp_path, data_root, cache_dir
     completed, metrics = run_train([*SMALL, "data.graph.k=0"], tmp_path / "run", cache_dir, data_root, check=False)
     assert completed.returncode == 2 and metrics is None
     errors = [line for line in completed.stderr.splitlines() if line.startswith("nsl_lab: error:")]
-    assert errors == ["nsl_lab: error: graph.k=0 is not allowed; it must be an integer >= 1 or null"]
+    assert errors == ["nsl_lab: error: data.graph.k=0 is not allowed; it must be an integer >= 1 or null"]
 
 
 def test_sweep_preset_crosses_regularizers_and_label_fractions():
@@ -40,7 +40,7 @@ def test_sweep_preset_crosses_regularizers_and_label_fractions():
     from nsl_lab.compose import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=imdb_label_frac"], return_hydra_config=True)
+        cfg = compose("train", overrides=["sweep=imdb_label_frac"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert params["regularizer"] == "none,graph_nsl"
     assert params["data.label_frac"] == "0.01,0.02,0.05,0.1,1.0"
@@ -66,7 +66,7 @@ def test_imdb_propagated_labels_run(tmp_path, data_root, cache_dir):
     assert losses and max(losses) > 0  # the unlabeled reviews reached the pseudo-label term
     log = (run_dir / "train.log").read_text()
     assert "align_to_prior=True, feature_graph_from_epoch=0, feature_graph_k=10" in log
-    assert "propagated: epoch 0, labels propagated over the data graph + a feature graph of" in log
+    assert "propagated: labels propagated over the data graph + a feature graph of" in log
 
 
 def test_propagated_preset_sweeps_label_fractions_only():
@@ -75,7 +75,8 @@ def test_propagated_preset_sweeps_label_fractions_only():
     from nsl_lab.compose import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=imdb_propagated"], return_hydra_config=True)
-    assert cfg.hydra.sweeper.params["regularizer"] == "propagated"
+        cfg = compose("train", overrides=["sweep=imdb_propagated"], return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == {"data.label_frac": "0.01,0.02,0.05,0.1,1.0"}
+    assert list(cfg.regularizer) == ["propagated"]
     assert cfg.data.include_unlabeled and cfg.data.labeled_per_batch == 8
     assert cfg.data.neighbors == 0 and cfg.trainer.max_steps == 2400
