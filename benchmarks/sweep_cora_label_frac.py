@@ -3,7 +3,7 @@
     python benchmarks/sweep_cora_label_frac.py            # 2 regularizers x 6 fractions x 3 seeds = 36 runs
     python benchmarks/sweep_cora_label_frac.py --extra trainer.check_val_every_n_epoch=5
 
-Runs ``scripts/train.py -m experiment=cora_label_frac`` then ``scripts/report.py`` on its
+Runs ``scripts/train.py -m sweep=cora_label_frac`` then ``scripts/report.py`` on its
 directory, each as a subprocess, and times them end to end. Per-job overhead is each job's
 ``startup_seconds`` (process start, or job start in a reused joblib worker, to the first
 training step). Writes benchmarks/results/sweep_cora_label_frac.{json,md}; the sweep itself
@@ -36,7 +36,7 @@ def main() -> None:
     shutil.rmtree(sweep_dir, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.setdefault("NSL_LAB_DATA", str(HERE.parent.parent / "shared" / "data"))
-    train = [sys.executable, str(HERE.parent / "scripts" / "train.py"), "-m", "experiment=cora_label_frac",
+    train = [sys.executable, str(HERE.parent / "scripts" / "train.py"), "-m", "sweep=cora_label_frac",
              f"hydra.sweep.dir={sweep_dir}", *args.extra]
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -68,7 +68,7 @@ def main() -> None:
     table = (sweep_dir / "report" / "report.md").read_text().split("\n", 2)[2]
     command = " ".join(["python benchmarks/sweep_cora_label_frac.py", *(["--extra", *args.extra] if args.extra else [])])
     markdown = "\n".join([
-        "# Sweep benchmark: experiment=cora_label_frac (joblib launcher)", "",
+        "# Sweep benchmark: sweep=cora_label_frac (joblib launcher)", "",
         f"Reproduce: `{command}`", "",
         f"- Jobs finished: {len(jobs)} of 36",
         f"- Wall time, sweep + report: {wall_s:.0f} s (target <= {TARGET_WALL_S:.0f} s); sweep alone {sweep_s:.0f} s",

@@ -66,34 +66,31 @@ def drop_checkpoints(cfg: DictConfig, output_dir: str | Path) -> None:
     """After a job finished (metrics.json written) its checkpoint is never needed again: a
     re-launched sweep skips the job. ``checkpoint.keep=true`` keeps it."""
     if not (cfg.get("checkpoint") or {}).get("keep", False):
-        shutil.rmtree(checkpoint_dir(cfg, output_dir), ignore_errors=True)
+        folder = checkpoint_dir(cfg, output_dir)
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+            folder.parent.rmdir()
 
 
-def logged_history(csv_path: str | Path, last_epoch: int) -> list[dict[str, float]]:
-    """The rows of a CSV log up to and including ``last_epoch`` (those a checkpoint covers);
-    rows of the epochs after it are logged again by the resumed run."""
+def logged_history(csv_path: str | Path, last_epoch: int) -> list[dict[str, str]]:
+    """The rows of a CSV log up to and including ``last_epoch`` (those a checkpoint covers),
+    as written; rows of the epochs after it are logged again by the resumed run."""
     path = Path(csv_path)
     if not path.is_file():
         return []
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    kept = []
-    for row in rows:
-        values = {key: float(value) for key, value in row.items() if value not in ("", None)}
-        if values.get("epoch", 0.0) <= last_epoch:
-            values["step"] = int(values.get("step", 0))
-            kept.append(values)
-    return kept
+    return [{key: value for key, value in row.items() if value not in ("", None)}
+            for row in rows if float(row.get("epoch") or 0) <= last_epoch]
 
 
 def restore_logged_history(logger: Any, ckpt_path: str | None) -> None:
     """A resumed run's CSV logger starts from the rows logged before its checkpoint (Lightning's
     CSV writer would otherwise delete them)."""
-    if ckpt_path is None or not hasattr(logger, "experiment") or not hasattr(logger, "log_dir"):
-        return
     from pytorch_lightning.loggers import CSVLogger
 
-    if not isinstance(logger, CSVLogger):
+    # (no hasattr(logger, "experiment"): reading that property creates the writer, which deletes the file)
+    if ckpt_path is None or not isinstance(logger, CSVLogger):
         return
     csv_path = Path(logger.log_dir) / "metrics.csv"
     rows = logged_history(csv_path, int(read_checkpoint(ckpt_path)["epoch"]))

@@ -8,6 +8,7 @@ import torch
 
 from nsl_lab.datamodules.samples import SampleDataModule, Samples
 from nsl_lab.errors import ConfigError
+from nsl_lab.files import file_digest
 from nsl_lab.graphs.build import dense_embeddings, read_tsv
 from nsl_lab.graphs.neighbors import NeighborGraph
 
@@ -118,7 +119,5 @@ class CustomDataModule(SampleDataModule):
                 raise ConfigError(f"data.graph.embedding={spec.embedding!r} needs text; for custom data use features, pca or npy")
             return dense_embeddings(samples.x, spec.embedding, spec.dim)
 
-        return self.cached_similarity_graph(
-            "custom", embed, num_nodes, features=str(Path(self.features_path).resolve()),
-            mtime=Path(self.features_path).stat().st_mtime_ns,
-        )
+        sources = [self.features_path] + ([spec.path] if spec.embedding == "npy" else [])
+        return self.cached_similarity_graph("custom", embed, num_nodes, data=file_digest(sources))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from nsl_lab.batch import Batch
+from nsl_lab.datamodules.generators import SeededGenerators
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
 from nsl_lab.errors import ConfigError, check_integer, check_range
 
@@ -127,7 +128,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
         self._stages: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._augment_generator = torch.Generator().manual_seed(self.seed)
+        # Shuffling and augmentation draw from their own generators (their states travel in checkpoints).
+        self.generators = SeededGenerators({"shuffle": self.seed, "augment": self.seed})
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -153,9 +155,15 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
         x, y = self._stages[stage]
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        generator = self.generators.reset()["shuffle"] if shuffle else None
         return DataLoader(range(len(y)), batch_size=batch_size, shuffle=shuffle, generator=generator,
                           collate_fn=_Gather(x, y))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generators": self.generators.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generators.load_state_dict(state["generators"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
@@ -171,9 +179,9 @@ class ImageDataModule(pl.LightningDataModule):
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         if train:
-            x = random_crop(x, self.crop_padding, self._augment_generator)
+            x = random_crop(x, self.crop_padding, self.generators.generators["augment"])
             if self.flip:
-                x = random_flip(x, self._augment_generator)
+                x = random_flip(x, self.generators.generators["augment"])
         if self.normalize:
             x = (x - self.mean.to(x)[:, None, None]) / self.std.to(x)[:, None, None]
         return x

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields, replace
@@ -17,12 +19,15 @@ from nsl_lab.batch import Batch
 from nsl_lab.context import GraphData, Requirement
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
 from nsl_lab.errors import ConfigError, check_choice, check_integer
+from nsl_lab.files import file_digest, save_tensors
 from nsl_lab.graphs.build import GraphSpec, dense_embeddings, similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph
 
 NAMES = ("Cora", "CiteSeer")
 RAW_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
-TENSORS_FILE = "nsl_lab_tensors.pt"  # beside torch-geometric's processed files: removed with them
+TENSORS_FILE = "nsl_lab_tensors.pt"
+
+log = logging.getLogger(__name__)
 
 
 def _single_batch(batch: Batch) -> DataLoader:
@@ -49,6 +54,34 @@ class PlanetoidTensors:
     def num_nodes(self) -> int:
         return int(self.x.shape[0])
 
+    def check(self) -> None:
+        """Shapes that agree, node ids in range: a damaged entry fails here, not in training."""
+        n = self.num_nodes
+        if not (self.y.shape == (n,) and all(m.shape == (n,) and m.dtype == torch.bool
+                                             for m in (self.train_mask, self.val_mask, self.test_mask))):
+            raise ValueError("features, labels and split masks disagree in size")
+        if self.edge_index.dim() != 2 or self.edge_index.shape[0] != 2 or (
+                self.edge_index.numel() and not 0 <= int(self.edge_index.min()) <= int(self.edge_index.max()) < n):
+            raise ValueError("edge_index is not [2, E] over the nodes")
+
+
+def corrupt_raw_error(name: str, source: Path, error: BaseException) -> ConfigError:
+    """Names the raw file that does not read (each pickled file is read as torch-geometric
+    reads it), or reports ``error`` when every file reads on its own."""
+    for file in raw_files(name):
+        path = source / file
+        try:
+            if file.endswith("test.index"):
+                [int(line) for line in path.read_text().split()]
+            else:
+                with path.open("rb") as handle:
+                    pickle.load(handle, encoding="latin1")  # noqa: S301 - as torch-geometric reads them
+        except Exception as file_error:  # noqa: BLE001
+            return ConfigError(f"Planetoid {name} raw file {path} is corrupt or truncated "
+                               f"({type(file_error).__name__}: {file_error}); re-copy it from the Planetoid release")
+    return ConfigError(f"Planetoid {name} raw files in {source} could not be read ({type(error).__name__}: {error}); "
+                       "re-copy them from the Planetoid release")
+
 
 def raw_files(name: str) -> list[str]:
     return [f"ind.{name.lower()}.{part}" for part in RAW_PARTS]
@@ -69,8 +102,10 @@ class PlanetoidDataModule(pl.LightningDataModule):
     neither means Planetoid's public split (20 per class). Each stage is one batch holding
     the whole graph.
 
-    The raw files are read from ``<data_dir>/planetoid/<name>/raw`` and copied into
-    ``<cache_dir>`` where torch-geometric processes them, so the data root may be read-only.
+    The raw files are read from ``<data_dir>/planetoid/<name>/raw`` (read-only) and processed
+    once by torch-geometric in a scratch folder; the result is cached as plain tensors under
+    ``<cache_dir>/planetoid/<name>-<digest of the raw files' content>``, written atomically and
+    checked when read, so a corrupt or changed raw file is never served from the cache.
 
     Args:
         name: ``Cora`` or ``CiteSeer``.
@@ -148,59 +183,57 @@ class PlanetoidDataModule(pl.LightningDataModule):
     def _load(self) -> "PlanetoidTensors":
         if not self.data_dir.is_dir():
             raise self._missing_data_error(f"; the data root {self.data_dir} does not exist")
-        # Parallel jobs (joblib, submitit) share the cache: one at a time copies and processes.
-        with open(self._ensure(self.cache_dir / "planetoid") / f".{self.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._load_locked()
-
-    def _load_locked(self) -> "PlanetoidTensors":
+        source = self._raw_source()
+        if source is None and not self.download:
+            raise self._missing_data_error()
+        # Keyed by the raw files' content: a changed data root is never served an old entry.
+        key = file_digest(source / f for f in raw_files(self.name)) if source is not None else "downloaded"
         root = self.cache_dir / "planetoid"
-        cached_raw = root / self.name / "raw"
-        tensors = root / self.name / "processed" / TENSORS_FILE
-        has_raw = all((cached_raw / f).is_file() for f in raw_files(self.name))
-        if has_raw and tensors.is_file():
-            # Plain tensors: no torch-geometric import (~0.5 s of every run's start).
-            return PlanetoidTensors(**torch.load(tensors, weights_only=True))
-        # Here only: importing torch-geometric takes ~0.5 s, a cached run never needs it.
-        from torch_geometric.datasets import Planetoid
+        root.mkdir(parents=True, exist_ok=True)
+        # Parallel jobs (joblib, submitit) share the cache: one at a time processes.
+        with open(root / f".{self.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            tensors = root / f"{self.name}-{key}" / TENSORS_FILE
+            cached = self._read_cached(tensors)
+            if cached is not None:
+                return cached
+            loaded = self._process(source, root)
+            save_tensors(tensors, asdict(loaded))  # atomic, and written only once it is valid
+            return loaded
 
-        if not has_raw:
-            source = self._raw_source()
-            if source is None and not self.download:
-                raise self._missing_data_error()
-            staging = Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=self._ensure(root)))
-            try:
-                if source is not None:
-                    shutil.copytree(source, staging / self.name / "raw")
-                else:
-                    try:
-                        Planetoid(str(staging), name=self.name)  # torch-geometric downloads
-                    except Exception as error:  # no network, or the mirror is down
-                        raise self._missing_data_error(f" and the download failed ({error})") from None
-                self._publish(staging / self.name, root / self.name)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        data = Planetoid(str(root), name=self.name)[0]
-        loaded = PlanetoidTensors(**{f.name: getattr(data, f.name) for f in fields(PlanetoidTensors)})
-        partial = tensors.with_suffix(".partial")
-        torch.save(asdict(loaded), partial)
-        partial.replace(tensors)  # atomic: a reader never sees half a file
-        return loaded
-
-    @staticmethod
-    def _ensure(path: Path) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    @staticmethod
-    def _publish(staging: Path, target: Path) -> None:
-        # A rename is atomic: parallel jobs never see a half-copied folder.
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)  # a stale cache without all raw files
+    def _read_cached(self, path: Path) -> "PlanetoidTensors | None":
+        """The cached tensors (plain tensors: no torch-geometric import, ~0.5 s of every start),
+        or ``None`` when absent or unreadable (then they are built again)."""
+        if not path.is_file():
+            return None
         try:
-            os.replace(staging, target)
-        except OSError:  # another job published first
-            pass
+            loaded = PlanetoidTensors(**torch.load(path, weights_only=True))
+            loaded.check()
+            return loaded
+        except Exception as error:  # noqa: BLE001 - a damaged cache entry is rebuilt, never trusted
+            log.warning("the cached %s tensors at %s are unreadable (%s): rebuilding them", self.name, path, error)
+            path.unlink(missing_ok=True)
+            return None
+
+    def _process(self, source: Path | None, root: Path) -> "PlanetoidTensors":
+        """Reads the raw files with torch-geometric in a scratch folder of the cache."""
+        from torch_geometric.datasets import Planetoid  # here only: a cached run never imports it
+
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=root))
+        try:
+            if source is not None:
+                shutil.copytree(source, staging / self.name / "raw")
+            try:
+                data = Planetoid(str(staging), name=self.name)[0]
+            except Exception as error:  # noqa: BLE001 - named below in one line
+                if source is None:  # no network, or the mirror is down
+                    raise self._missing_data_error(f" and the download failed ({error})") from None
+                raise corrupt_raw_error(self.name, source, error) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        loaded = PlanetoidTensors(**{f.name: getattr(data, f.name) for f in fields(PlanetoidTensors)})
+        loaded.check()
+        return loaded
 
     # -- Lightning hooks -----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

@@ -7,6 +7,8 @@ sample's top-``k`` graph neighbours.
 """
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,11 +21,15 @@ from torch.utils.data import DataLoader, Sampler
 from nsl_lab.batch import Batch, trim_padding
 from nsl_lab.context import GraphData, Requirement
 from nsl_lab.modules.backbone import InputKind
+from nsl_lab.datamodules.generators import SeededGenerators
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
 from nsl_lab.datamodules.planetoid import default_cache_dir
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.graphs.build import GraphSpec, load_graph, save_graph, similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph, Sampling
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -159,6 +165,10 @@ class SampleDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.graph: NeighborGraph | None = None
         self._ready = False
+        # Shuffling (and the labeled top-up) and neighbour sampling draw from their own generators.
+        self.generators = SeededGenerators({"shuffle": self.seed, "neighbors": self.seed + 1})
+        self._top_up: LabeledTopUpSampler | None = None
+        self._restored_cycle: torch.Tensor | None = None
 
     # -- for subclasses ------------------------------------------------------------------
     def load_samples(self) -> Samples:  # pragma: no cover - interface
@@ -168,15 +178,23 @@ class SampleDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def cached_similarity_graph(self, name: str, embed, num_nodes: int, **context) -> NeighborGraph:
-        """A knn graph from ``embed()`` (called only on a cache miss), cached under its parameters."""
+        """A knn graph from ``embed()`` (called only on a cache miss), cached under its
+        parameters and ``context`` (a digest of the data it was built from); an unreadable
+        entry is rebuilt."""
         spec = self.graph_spec
         path = self.cache_dir / "graphs" / f"{name}-{spec.key(num_nodes=num_nodes, **context)}.pt"
+        stored = None
         if path.is_file():
-            edge_index, edge_weight, _, _ = load_graph(path)
+            try:
+                stored = load_graph(path)
+            except Exception as error:  # noqa: BLE001 - a damaged cache entry is rebuilt, never trusted
+                log.warning("the cached graph %s is unreadable (%s): rebuilding it", path, error)
+        if stored is not None:
+            edge_index, edge_weight, _, _ = stored
         else:
             embeddings = embed()
             edge_index, edge_weight = similarity_graph(
-                embeddings, spec.k, spec.threshold, spec.method, spec.block_size, progress=True
+                embeddings, spec.k, spec.threshold, spec.method, spec.block_size, progress=sys.stderr.isatty()
             )
             save_graph(path, edge_index, edge_weight, len(embeddings), {**vars(spec), **context})
         # The embedded rows are the first samples; any later ones (e.g. test rows) stay isolated.
@@ -248,18 +266,31 @@ class SampleDataModule(pl.LightningDataModule):
 
     def _loader(self, stage: str) -> DataLoader:
         train = stage == "train"
-        generator = torch.Generator().manual_seed(self.seed) if train else None
-        sampler_generator = torch.Generator().manual_seed(self.seed + 1) if train else None
-        collate = partial(self.collate, stage=stage, generator=sampler_generator)
+        generators = self.generators.reset() if train else {}
+        generator = generators.get("shuffle")
+        collate = partial(self.collate, stage=stage, generator=generators.get("neighbors"))
         if train and self.labeled_per_batch:
             rows = self.rows["train"]
-            batches = LabeledTopUpSampler(rows.numel(), (self.y_train[rows] >= 0).nonzero().flatten(),
-                                          self.batch_size, self.labeled_per_batch, generator)
-            return DataLoader(rows, batch_sampler=batches, collate_fn=collate)
+            self._top_up = LabeledTopUpSampler(rows.numel(), (self.y_train[rows] >= 0).nonzero().flatten(),
+                                               self.batch_size, self.labeled_per_batch, generator)
+            if self._restored_cycle is not None:
+                self._top_up._cycle, self._restored_cycle = self._restored_cycle, None
+            return DataLoader(rows, batch_sampler=self._top_up, collate_fn=collate)
         return DataLoader(
             self.rows[stage], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
             generator=generator, collate_fn=collate,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator states (and the labeled top-up's cycle) for checkpoints."""
+        state: dict[str, Any] = {"generators": self.generators.state_dict()}
+        if self._top_up is not None:
+            state["top_up_cycle"] = self._top_up._cycle
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generators.load_state_dict(state["generators"])
+        self._restored_cycle = state.get("top_up_cycle")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

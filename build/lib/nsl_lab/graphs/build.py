@@ -21,16 +21,18 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 import numpy as np
 import torch
 
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
+from nsl_lab.files import save_tensors
 
-METHODS = ("exact", "faiss_hnsw")
-EMBEDDINGS = ("tfidf_svd", "word_vectors", "pixels", "pca", "features", "npy")
-KINDS = ("none", "natural", "knn", "tsv")
+Method = Literal["exact", "faiss_hnsw"]
+METHODS = get_args(Method)
+Embedding = Literal["tfidf_svd", "word_vectors", "pixels", "pca", "features", "npy"]
+GraphKind = Literal["none", "natural", "knn", "tsv"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,11 @@ class GraphSpec:
         if value is None:
             value = "none"
         if isinstance(value, str):
-            check_choice("data.graph", value, KINDS)
+            check_choice("data.graph", value, GraphKind)
             return cls(kind=value)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"data.graph={value!r} must be one of {KINDS} or a mapping with a 'kind'")
+            raise ConfigError(f"data.graph={value!r} must be one of {get_args(GraphKind)} or a mapping with a 'kind'",
+                              "data.graph")
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - allowed)
         if unknown:
@@ -75,11 +78,12 @@ class GraphSpec:
         return spec
 
     def check(self) -> None:
-        check_choice("data.graph.kind", self.kind, KINDS)
+        check_choice("data.graph.kind", self.kind, GraphKind)
         if self.kind == "knn":
             check_knn_settings(self.k, self.threshold, self.method)
-            check_choice("data.graph.embedding", self.embedding, EMBEDDINGS)
-            check_range("data.graph.dim", self.dim, 1)
+            check_choice("data.graph.embedding", self.embedding, Embedding)
+            check_integer("data.graph.dim", self.dim, 1)
+            check_integer("data.graph.block_size", self.block_size, 1)
             check_integer("data.graph.window", self.window, 1)
             if self.embedding == "npy" and not self.path:
                 raise ConfigError("data.graph.embedding='npy' needs data.graph.path=<embeddings.npy>")
@@ -93,11 +97,10 @@ class GraphSpec:
 
 
 def check_knn_settings(k: int | None, threshold: float | None, method: str) -> None:
-    check_choice("graph.method", method, METHODS)
+    check_choice("graph.method", method, Method)
     if k is None and threshold is None:
-        raise ConfigError("graph.k and graph.threshold are both null; set k (top-k), threshold, or both")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ConfigError(f"graph.k={k!r} is not allowed; it must be an integer >= 1 or null")
+        raise ConfigError("graph.k and graph.threshold are both null; set k (top-k), threshold, or both", "graph.k")
+    check_integer("graph.k", k, 1, optional=True)
     if threshold is not None:
         check_range("graph.threshold", threshold, -1.0, 1.0)
     if method != "exact" and k is None:
@@ -222,6 +225,9 @@ def similarity_graph(
     n = x.shape[0]
     if n < 2:
         return torch.zeros(2, 0, dtype=torch.long), torch.zeros(0)
+    if k is not None and k >= n:
+        raise ConfigError(f"graph.k={k} is not below the number of rows ({n}); allowed: 1 <= graph.k <= {n - 1}",
+                          "graph.k")
     if method == "exact":
         source, target, weight = _exact_search(x, k, threshold, int(block_size), progress)
     else:
@@ -233,15 +239,8 @@ def similarity_graph(
 def save_graph(path: str | Path, edge_index: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int,
                params: Mapping[str, Any] | None = None) -> None:
     """Saves ``edge_index``, ``edge_weight``, ``num_nodes`` and the build parameters (``.pt``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(
-        {"edge_index": edge_index.long(), "edge_weight": edge_weight.float(), "num_nodes": int(num_nodes),
-         "params": json.dumps(dict(params or {}), sort_keys=True, default=str)},
-        partial,
-    )
-    partial.replace(path)
+    save_tensors(path, {"edge_index": edge_index.long(), "edge_weight": edge_weight.float(), "num_nodes": int(num_nodes),
+                        "params": json.dumps(dict(params or {}), sort_keys=True, default=str)})
 
 
 def load_graph(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, int, dict[str, Any]]:
