@@ -68,6 +68,8 @@ def check_group_options(arguments: list[str], conf_dir: str | Path = CONF_DIR) -
         return
     for override in overrides:
         group = override.key_or_group
+        if group.startswith("hydra"):  # launchers and sweepers are Hydra plugins, not files here
+            continue
         options = group_options(conf_dir, group)
         if options is None or override.is_delete():
             continue

@@ -89,7 +89,7 @@ def test_bad_file_type_is_named(files):
 def test_custom_data_through_train_script(files, tmp_path, cache_dir):
     args = ["data=custom", f"data.features={files / 'x.npy'}", f"data.labels={files / 'y.npy'}",
             f"data.node_ids={files / 'ids.txt'}", "data.graph.kind=tsv", f"data.graph.path={files / 'g.tsv'}",
-            "backbone=ffn", "backbone.embedding_size=null", "backbone.hidden_sizes=[16]", "regularizer=graph_nsl",
+            "backbone=ffn", "backbone.projection_size=null", "backbone.hidden_sizes=[16]", "regularizer=graph_nsl",
             "trainer.max_epochs=3", "logger=none"]
     _, metrics = run_train(args, tmp_path / "run", cache_dir)
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["n_labeled"] > 0

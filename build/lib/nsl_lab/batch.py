@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from nsl_lab.graphs.neighbors import NeighborGraph
+from nsl_lab.graphs.neighbors import NeighborGraph
 
 
 def trim_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -36,7 +34,7 @@ class Batch:
     y: torch.Tensor
     index: torch.Tensor
     lengths: torch.Tensor | None = None
-    graph: "NeighborGraph | None" = None
+    graph: NeighborGraph | None = None
     neighbors: "Batch | None" = None
     neighbor_weight: torch.Tensor | None = None
 

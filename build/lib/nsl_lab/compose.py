@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from nsl_lab.errors import ConfigError
+from nsl_lab.run import train
 
 
 def find_conf_dir() -> Path:
@@ -35,8 +36,6 @@ def compose_config(overrides: list[str], output_dir: str | Path, conf_dir: str |
 
 def run_overrides(overrides: list[str], output_dir: str | Path) -> dict[str, float]:
     """Trains and tests one configuration in this process; returns its metrics."""
-    from nsl_lab.run import train
-
     return train(compose_config(overrides, output_dir), output_dir)
 
 

@@ -7,15 +7,14 @@ The learner builds a :class:`TrainingStep` for every step; a datamodule provides
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Literal, Mapping, Protocol, runtime_checkable
+from typing import Callable, Literal, Mapping, Protocol, runtime_checkable
 
 import torch
 
+from nsl_lab.graphs.neighbors import NeighborGraph
+
 from nsl_lab.batch import Batch
 from nsl_lab.modules.backbone import Backbone, Output
-
-if TYPE_CHECKING:
-    from nsl_lab.graphs.neighbors import NeighborGraph
 
 #: what a regularizer may need from the data, declared by both sides and checked before
 #: any data is loaded:
@@ -79,7 +78,7 @@ class GraphData:
             labels can be found once.
     """
 
-    graph: "NeighborGraph | None"
+    graph: NeighborGraph | None
     train_labels: torch.Tensor
     num_classes: int
     rows: Mapping[str, torch.Tensor] = field(default_factory=dict)

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from nsl_lab.loggers import wandb_mode
+
 ROBUST_KEY = re.compile(r"^test/robust_acc/eps=(?P<eps>[-+0-9.eE]+)$")
 
 
@@ -232,8 +234,6 @@ def report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str
 def log_to_wandb(result: dict[str, Any], sweep_dir: Path, project: str = "nsl_lab", mode: str | None = None) -> Path:
     """Logs the report's table and plots as one W&B run in the sweep's group; returns its dir."""
     import wandb
-
-    from nsl_lab.loggers import wandb_mode
 
     keys = result["keys"]
     table = wandb.Table(columns=["regularizer", "label_frac", "setting", "n_seeds",
