@@ -1,3 +1,0 @@
-from nsl_lab.graphs.neighbors import NeighborGraph
-
-__all__ = ["NeighborGraph"]
