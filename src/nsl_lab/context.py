@@ -11,9 +11,8 @@ from typing import Callable, Literal, Mapping, Protocol, runtime_checkable
 
 import torch
 
-from nsl_lab.graphs.neighbors import NeighborGraph
-
 from nsl_lab.batch import Batch
+from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.modules.backbone import Backbone, Output
 
 #: what a regularizer may need from the data, declared by both sides and checked before
@@ -68,7 +67,8 @@ class GraphData:
         graph: the sample graph over every row (``None`` when the data has none).
         train_labels: ``[N]`` every row's training label, ``-1`` where none is kept.
         num_classes: number of classes.
-        rows: row ids of each split (``train``, ``val``, ``test``).
+        rows: row ids of each stage's batch (``train``: every training row, unlabeled ones
+            included; ``val``, ``test``: the scored rows).
         batch_rows: builds the :class:`Batch` of the given rows' inputs (with training
             labels), for regularizers that embed the whole dataset; ``None`` when every
             training batch already holds every row.

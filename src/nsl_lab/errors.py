@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import typing
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 
 class NslLabError(Exception):
@@ -79,8 +79,7 @@ def choices(allowed: Any) -> tuple[Any, ...]:
 
 def check_choice(name: str, value: Any, allowed: Any) -> Any:
     """Checks that ``value`` is one of ``allowed`` (a ``Literal`` type or an iterable)."""
-    options: Iterable[Any] = choices(allowed)
-    options = tuple(options)
+    options = choices(allowed)
     if value not in options:
         listed = ", ".join(repr(a) for a in options)
         raise ConfigError(f"{name}={value!r} is not supported; allowed: {listed}", name)

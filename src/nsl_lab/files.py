@@ -19,6 +19,11 @@ RESOLVED_CONFIG_FILE = "config_resolved.yaml"
 MODEL_FILE = "model.pt"
 
 
+def default_cache_dir() -> str:
+    """Where processed data and graphs go: ``$NSL_LAB_CACHE``, else ``~/.cache/nsl_lab``."""
+    return os.environ.get("NSL_LAB_CACHE", str(Path.home() / ".cache" / "nsl_lab"))
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Calls ``write(partial)`` on a sibling file, then renames it over ``path``: a reader
     sees the old file or the new one, never half of one."""

@@ -116,8 +116,7 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         trainer.fit(learner, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_seconds = time.perf_counter() - start
         val_acc = learner.tested_val_acc()
-        if val_acc is None:  # the weights to be tested were never validated: validate them now
-            learner.backbone.load_state_dict(learner.tested_state())
+        if val_acc is None:  # the weights to be tested (the current ones) were never validated
             trainer.validate(learner, datamodule=datamodule, verbose=False)
             val_acc = learner.last_val_acc
         tested = trainer.test(learner, datamodule=datamodule, verbose=False)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +24,7 @@ def test_readme_regularizer_trains_with_exactly_that_code(data_root, cache_dir):
     from nsl_lab import StructuredLearner
     from nsl_lab.datamodules import PlanetoidDataModule
     from nsl_lab.modules import FFN
+    from nsl_lab.regularizers import TrainingStep
 
     pl.seed_everything(0)
     data = PlanetoidDataModule("Cora", data_dir=str(data_root), cache_dir=str(cache_dir), label_frac=0.05)
@@ -39,5 +39,5 @@ def test_readme_regularizer_trains_with_exactly_that_code(data_root, cache_dir):
     batch = next(iter(data.train_dataloader()))
     with torch.no_grad():
         learner.eval()
-        value = penalty.loss(type("Step", (), {"output": learner(batch)})())
+        value = penalty.loss(TrainingStep(batch, learner(batch), learner.backbone))
     assert torch.isclose(value, learner(batch).logits.pow(2).sum(-1).mean())

@@ -17,8 +17,8 @@ class SeededGenerators:
 
     def __init__(self, seeds: dict[str, int]) -> None:
         self.seeds = dict(seeds)
-        self.generators = {name: torch.Generator().manual_seed(seed) for name, seed in self.seeds.items()}
         self._restored: dict[str, torch.Tensor] | None = None
+        self.generators = self.reset()
 
     def reset(self) -> dict[str, torch.Generator]:
         """Generators seeded anew, or at the states of the checkpoint being resumed."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from nsl_lab.batch import Batch
+from nsl_lab.context import Requirement
 from nsl_lab.datamodules.generators import SeededGenerators
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
-from nsl_lab.errors import ConfigError, check_integer, check_range
+from nsl_lab.errors import ConfigError, check_integer
+from nsl_lab.modules.backbone import InputKind
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -89,11 +91,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     num_features: int
     num_classes: int
-    input_kind = "images"
-    preset: str | None = None
+    input_kind: ClassVar[InputKind] = "images"
+    preset: ClassVar[str | None] = None
 
     @classmethod
-    def provides(cls, settings: Mapping[str, Any]) -> frozenset[str]:
+    def provides(cls, settings: Mapping[str, Any]) -> frozenset[Requirement]:
         """Batches of labeled images: no graph, no unlabeled rows."""
         return frozenset()
 
@@ -128,7 +130,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)
         self._stages: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        # Shuffling and augmentation draw from their own generators (their states travel in checkpoints).
+        # Shuffling and augmentation draw from their own generators (their states travel in checkpoints);
+        # both seeded with ``seed``, as before they had names.
         self.generators = SeededGenerators({"shuffle": self.seed, "augment": self.seed})
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # pragma: no cover

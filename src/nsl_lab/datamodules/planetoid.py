@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import pickle
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -19,7 +18,8 @@ from nsl_lab.batch import Batch
 from nsl_lab.context import GraphData, Requirement
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
 from nsl_lab.errors import ConfigError, check_choice, check_integer
-from nsl_lab.files import file_digest, save_tensors
+from nsl_lab.files import default_cache_dir, file_digest, save_tensors
+from nsl_lab.modules.backbone import InputKind
 from nsl_lab.graphs.build import GraphSpec, dense_embeddings, similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph
 
@@ -87,10 +87,6 @@ def raw_files(name: str) -> list[str]:
     return [f"ind.{name.lower()}.{part}" for part in RAW_PARTS]
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("NSL_LAB_CACHE", str(Path.home() / ".cache" / "nsl_lab"))
-
-
 class PlanetoidDataModule(pl.LightningDataModule):
     """A Planetoid citation graph with a configurable share of labeled training nodes.
 
@@ -124,8 +120,8 @@ class PlanetoidDataModule(pl.LightningDataModule):
         download: fetch the raw files with torch-geometric when they are missing.
     """
 
-    input_kind = "features"
-    preset = "cora_public"
+    input_kind: ClassVar[InputKind] = "features"
+    preset: ClassVar[str | None] = "cora_public"
 
     @classmethod
     def provides(cls, settings: Mapping[str, Any]) -> frozenset[Requirement]:
@@ -281,7 +277,8 @@ class PlanetoidDataModule(pl.LightningDataModule):
     def graph_data(self) -> GraphData:
         """The citation (or kNN) graph and every node's training label; every training batch
         is the whole graph."""
-        rows = {stage: batch.labeled.nonzero().flatten() for stage, batch in self._batches.items()}
+        rows = {"train": torch.arange(self.num_nodes),  # the training batch is every node
+                **{stage: self._batches[stage].labeled.nonzero().flatten() for stage in ("val", "test")}}
         return GraphData(self.graph, self._batches["train"].y, self.num_classes, rows, full_batch=True)
 
     def _scored_rows(self, stage: str) -> Batch:

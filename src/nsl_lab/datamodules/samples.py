@@ -20,13 +20,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from nsl_lab.batch import Batch, trim_padding
 from nsl_lab.context import GraphData, Requirement
-from nsl_lab.modules.backbone import InputKind
 from nsl_lab.datamodules.generators import SeededGenerators
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
-from nsl_lab.datamodules.planetoid import default_cache_dir
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
+from nsl_lab.files import default_cache_dir
 from nsl_lab.graphs.build import GraphSpec, load_graph, save_graph, similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph, Sampling
+from nsl_lab.modules.backbone import InputKind
 
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,14 @@ class LabeledTopUpSampler(Sampler[list[int]]):
             raise ConfigError("data.labeled_per_batch > 0 needs labeled training rows; there are none")
         self.num_rows, self.labeled, self.generator = num_rows, labeled, generator
         self.batch_size, self.labeled_per_batch = batch_size, labeled_per_batch
-        self._cycle = torch.zeros(0, dtype=torch.long)
+        #: labeled positions drawn for the coming batches (carried across epochs and checkpoints)
+        self.cycle = torch.zeros(0, dtype=torch.long)
 
     def _draw_labeled(self) -> torch.Tensor:
-        while self._cycle.numel() < self.labeled_per_batch:
+        while self.cycle.numel() < self.labeled_per_batch:
             order = self.labeled[torch.randperm(self.labeled.numel(), generator=self.generator)]
-            self._cycle = torch.cat([self._cycle, order])
-        drawn, self._cycle = self._cycle[:self.labeled_per_batch], self._cycle[self.labeled_per_batch:]
+            self.cycle = torch.cat([self.cycle, order])
+        drawn, self.cycle = self.cycle[:self.labeled_per_batch], self.cycle[self.labeled_per_batch:]
         return drawn
 
     def __iter__(self):
@@ -274,7 +275,7 @@ class SampleDataModule(pl.LightningDataModule):
             self._top_up = LabeledTopUpSampler(rows.numel(), (self.y_train[rows] >= 0).nonzero().flatten(),
                                                self.batch_size, self.labeled_per_batch, generator)
             if self._restored_cycle is not None:
-                self._top_up._cycle, self._restored_cycle = self._restored_cycle, None
+                self._top_up.cycle, self._restored_cycle = self._restored_cycle, None
             return DataLoader(rows, batch_sampler=self._top_up, collate_fn=collate)
         return DataLoader(
             self.rows[stage], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
@@ -285,7 +286,7 @@ class SampleDataModule(pl.LightningDataModule):
         """Generator states (and the labeled top-up's cycle) for checkpoints."""
         state: dict[str, Any] = {"generators": self.generators.state_dict()}
         if self._top_up is not None:
-            state["top_up_cycle"] = self._top_up._cycle
+            state["top_up_cycle"] = self._top_up.cycle
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
