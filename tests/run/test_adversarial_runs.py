@@ -1,4 +1,4 @@
-"""End to end through scripts/train.py: adversarial runs on digits and with the graph regularizer on Cora."""
+"""End to end through nsl-train (in this process): adversarial runs on digits and with the graph regularizer on Cora."""
 import pytest
 
 from conftest import run_train
@@ -8,7 +8,6 @@ DIGITS = ["experiment=digits_cnn", "trainer.max_epochs=3", "logger=none", "backb
           "backbone.hidden_size=32", "eval.attack.steps=3"]
 
 
-@pytest.mark.slow
 def test_adversarial_run_on_digits_writes_robust_accuracies(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     _, metrics = run_train([*DIGITS, "regularizer=adversarial_pgd", "regularizer.adversarial.pgd_iterations=2"],
@@ -23,17 +22,15 @@ def test_adversarial_run_on_digits_writes_robust_accuracies(tmp_path, cache_dir)
     assert "AdversarialRegularizer" in resolved and "pgd_iterations: 2" in resolved
 
 
-@pytest.mark.slow
 def test_graph_and_adversarial_regularizers_combine_on_cora(tmp_path, data_root, cache_dir):
     # Three epochs of one step each: log every step, so the CSV holds the training terms.
     _, metrics = run_train(["regularizer=graph_adversarial", "data.label_frac=0.05", "trainer.max_epochs=3",
                             "trainer.log_every_n_steps=1", "logger=csv"], tmp_path / "run", cache_dir, data_root)
-    assert 0.0 <= metrics["test/acc"] <= 1.0 and not any(k.startswith("test/robust") for k in metrics)
+    assert not any(k.startswith("test/robust") for k in metrics)
     logged = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/adversarial_loss" in logged and "train/graph_loss" in logged
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from nsl_lab import cli
+from conftest import run_train
 from nsl_lab.datamodules import PlanetoidDataModule
 from nsl_lab.errors import ConfigError
 
 QUICK = ["trainer.max_epochs=2", "logger=none", "data.label_frac=0.05"]
 
 
-def nsl_train(args: list[str], run_dir: Path, monkeypatch, capsys, data: Path, cache: Path) -> tuple[int, str, str]:
-    monkeypatch.setenv("NSL_LAB_DATA", str(data))
-    monkeypatch.setenv("NSL_LAB_CACHE", str(cache))
-    monkeypatch.setattr(sys, "argv", ["nsl-train", f"hydra.run.dir={run_dir}", "num_threads=1", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+def nsl_train(args: list[str], run_dir: Path, data: Path, cache: Path) -> tuple[int, str, str]:
+    """``nsl-train`` in this process: (exit code, stdout, stderr)."""
+    completed, _ = run_train(args, run_dir, cache, data, check=False)
+    return completed.returncode, completed.stdout, completed.stderr
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -55,11 +47,11 @@ CASES = [
 
 
 @pytest.mark.parametrize("overrides, message", CASES, ids=[" ".join(c[0]) for c in CASES])
-def test_bad_input_ends_in_one_line(overrides, message, tmp_path, monkeypatch, capsys, data_root, cache_dir):
+def test_bad_input_ends_in_one_line(overrides, message, tmp_path, data_root, cache_dir):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "notes.txt").write_text("mine")
-    code, _, stderr = nsl_train([*QUICK, *overrides], run_dir, monkeypatch, capsys, data_root, cache_dir)
+    code, _, stderr = nsl_train([*QUICK, *overrides], run_dir, data_root, cache_dir)
     assert code == 2, stderr[-3000:]
     lines = error_lines(stderr)
     assert len(lines) == 1 and message in lines[0], stderr[-3000:]
@@ -69,37 +61,37 @@ def test_bad_input_ends_in_one_line(overrides, message, tmp_path, monkeypatch, c
     assert (run_dir / "notes.txt").read_text() == "mine" and not (run_dir / "metrics.json").exists()
 
 
-def test_diverged_run_keeps_its_logged_history(tmp_path, monkeypatch, capsys, data_root, cache_dir):
+def test_diverged_run_keeps_its_logged_history(tmp_path, data_root, cache_dir):
     run_dir = tmp_path / "run"
     code, _, stderr = nsl_train(["data.label_frac=0.05", "optimizer.lr=1e30", "logger=csv", "trainer.max_epochs=20",
-                                 "trainer.log_every_n_steps=1"], run_dir, monkeypatch, capsys, data_root, cache_dir)
+                                 "trainer.log_every_n_steps=1"], run_dir, data_root, cache_dir)
     assert code == 2 and "not finite" in error_lines(stderr)[0]
     assert (run_dir / "config_resolved.yaml").is_file()
     assert len((run_dir / "csv" / "metrics.csv").read_text().splitlines()) >= 2  # header + the steps before
 
 
-def test_unreadable_checkpoint_is_named(tmp_path, monkeypatch, capsys, data_root, cache_dir):
+def test_unreadable_checkpoint_is_named(tmp_path, data_root, cache_dir):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    code, _, stderr = nsl_train([*QUICK, f"ckpt_path={bad}"], tmp_path / "run", monkeypatch, capsys, data_root,
+    code, _, stderr = nsl_train([*QUICK, f"ckpt_path={bad}"], tmp_path / "run", data_root,
                                 cache_dir)
     assert code == 2 and error_lines(stderr) == [
         f"nsl_lab: error: ckpt_path='{bad}' is not a checkpoint nsl_lab can read (UnpicklingError); "
         "give a last.ckpt written by nsl_lab"]
 
 
-def test_unknown_group_option_lists_the_options(tmp_path, monkeypatch, capsys, data_root, cache_dir):
-    code, _, stderr = nsl_train(["regularizer=grpah"], tmp_path / "run", monkeypatch, capsys, data_root, cache_dir)
+def test_unknown_group_option_lists_the_options(tmp_path, data_root, cache_dir):
+    code, _, stderr = nsl_train(["regularizer=grpah"], tmp_path / "run", data_root, cache_dir)
     (line,) = error_lines(stderr)
     assert code == 2 and line.startswith("nsl_lab: error: regularizer=grpah is not an option of the regularizer "
                                          "group; allowed: adversarial, adversarial_pgd, balance, contrastive, graph")
     assert not (tmp_path / "run").exists()  # stopped before Hydra made the run directory
 
 
-def test_a_run_ends_with_one_summary_line_and_keeps_its_model(tmp_path, monkeypatch, capsys, data_root, cache_dir):
+def test_a_run_ends_with_one_summary_line_and_keeps_its_model(tmp_path, data_root, cache_dir):
     run_dir = tmp_path / "run"
-    code, stdout, stderr = nsl_train(["debug=fast", "logger=none", "data.label_frac=0.05"], run_dir, monkeypatch,
-                                     capsys, data_root, cache_dir)
+    code, stdout, stderr = nsl_train(["debug=fast", "logger=none", "data.label_frac=0.05"], run_dir, data_root,
+                                     cache_dir)
     assert code == 0, stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert stdout.strip().splitlines()[-1] == (f"nsl_lab: test/acc={metrics['test/acc']:.4f} "
@@ -119,11 +111,11 @@ def copy_cora(root: Path, data_root: Path) -> Path:
     return raw
 
 
-def test_truncated_raw_file_is_named_and_never_poisons_the_cache(tmp_path, data_root, monkeypatch, capsys):
+def test_truncated_raw_file_is_named_and_never_poisons_the_cache(tmp_path, data_root):
     bad_root, cache = tmp_path / "bad", tmp_path / "cache"
     raw = copy_cora(bad_root, data_root)
     (raw / "ind.cora.x").write_bytes((raw / "ind.cora.x").read_bytes()[:1000])
-    code, _, stderr = nsl_train(QUICK, tmp_path / "run", monkeypatch, capsys, bad_root, cache)
+    code, _, stderr = nsl_train(QUICK, tmp_path / "run", bad_root, cache)
     (line,) = error_lines(stderr)
     assert code == 2 and f"raw file {raw / 'ind.cora.x'} is corrupt or truncated" in line and "re-copy it" in line
     # the good data root, same cache: it works (nothing of the bad read was kept) ...

@@ -1,4 +1,5 @@
-"""End to end through scripts/train.py on the real Cora (a few epochs)."""
+"""End to end through nsl-train on the real Cora (a few epochs), in this process; one subprocess run
+for the exit code of a fresh process."""
 import pytest
 
 from conftest import run_train
@@ -8,7 +9,6 @@ SHORT = ["trainer.max_epochs=30", "logger=none"]
 REQUIRED = {"val/acc", "test/acc", "n_labeled", "seed", "fit_seconds"}
 
 
-@pytest.mark.slow
 def test_graph_run_writes_metrics_and_resolved_config(tmp_path, data_root, cache_dir):
     run_dir = tmp_path / "run"
     _, metrics = run_train(
@@ -16,7 +16,7 @@ def test_graph_run_writes_metrics_and_resolved_config(tmp_path, data_root, cache
     )
     assert REQUIRED <= set(metrics)
     assert all(isinstance(metrics[k], (int, float)) for k in REQUIRED)
-    assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["seed"] == 0
+    assert metrics["seed"] == 0 and metrics["epochs"] == 5
     # 5% of Cora's 1208-node training pool, per class, at least one each.
     assert 55 <= metrics["n_labeled"] <= 65
     resolved = (run_dir / "config_resolved.yaml").read_text()
@@ -24,7 +24,6 @@ def test_graph_run_writes_metrics_and_resolved_config(tmp_path, data_root, cache
     assert (run_dir / "csv" / "metrics.csv").exists()
 
 
-@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path, data_root, cache_dir):
     runs = [
         run_train(["regularizer=graph", "data.label_frac=0.02", "seed=3", *SHORT], tmp_path / f"r{i}", cache_dir, data_root)[1]
@@ -36,7 +35,6 @@ def test_same_seed_same_metrics(tmp_path, data_root, cache_dir):
     assert other["test/acc"] != runs[0]["test/acc"] or other["val/acc"] != runs[0]["val/acc"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -57,8 +55,9 @@ def test_bad_values_fail_in_one_line(tmp_path, data_root, cache_dir, overrides, 
 
 
 @pytest.mark.slow
-def test_unknown_group_option_lists_the_choices(tmp_path, data_root, cache_dir):
-    completed, _ = run_train(["regularizer=grpah", *FAST], tmp_path / "run", cache_dir, data_root, check=False)
+def test_unknown_group_option_in_a_fresh_process(tmp_path, data_root, cache_dir):
+    completed, _ = run_train(["regularizer=grpah", *FAST], tmp_path / "run", cache_dir, data_root, check=False,
+                             in_process=False)
     assert completed.returncode == 2
     errors = [line for line in completed.stderr.splitlines() if line.startswith("nsl_lab: error:")]
     assert errors == [line for line in completed.stderr.splitlines() if line.strip()]  # that line only
@@ -67,7 +66,6 @@ def test_unknown_group_option_lists_the_choices(tmp_path, data_root, cache_dir):
     assert "Traceback" not in completed.stderr
 
 
-@pytest.mark.slow
 def test_missing_data_root_says_where_files_go(tmp_path, cache_dir):
     missing = tmp_path / "no_such_root"
     completed, _ = run_train(FAST, tmp_path / "run", tmp_path / "empty_cache", missing, check=False)
