@@ -16,7 +16,6 @@ _STARTED_AT, _CPU_STARTED_AT = time.perf_counter(), time.process_time()
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
@@ -35,17 +34,6 @@ log = logging.getLogger("nsl_lab.train")
 _jobs_run = 0
 
 
-def quiet_lightning() -> None:
-    """Lightning's per-run notices (GPU/TPU availability, tips, deprecations) say nothing
-    about the run: keep them out of every log."""
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
-                 "lightning_fabric.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-
-
 def finished_metrics(cfg: DictConfig, output_dir: str | Path) -> dict | None:
     """The metrics of this very configuration when it already finished in ``output_dir``."""
     output_dir = Path(output_dir)
@@ -61,7 +49,6 @@ def job(cfg: DictConfig) -> float:
     _jobs_run += 1
     started_at, cpu_started_at = ((_STARTED_AT, _CPU_STARTED_AT) if _jobs_run == 1
                                   else (time.perf_counter(), time.process_time()))
-    quiet_lightning()
     output_dir = HydraConfig.get().runtime.output_dir
     in_multirun = multirun.in_multirun()
     multirun.default_threads(cfg)

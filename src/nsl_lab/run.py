@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,15 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, clock: JobClock) -> list[
     return callbacks
 
 
+def quiet_lightning() -> None:
+    """Lightning's per-run notices (GPU/TPU availability, tips, deprecations) say nothing
+    about the run: keep them out of every log."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (r".*LeafSpec.*", r".*does not have many workers.*", r".*smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def check_run_settings(cfg: DictConfig) -> None:
     """Top-level settings, checked before anything is written or loaded."""
     check_integer("seed", cfg.get("seed"), 0)
@@ -73,6 +83,7 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
     happens.
     """
     output_dir = Path(output_dir)
+    quiet_lightning()
     check_run_settings(cfg)
     write_text(output_dir / RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("num_threads"):
