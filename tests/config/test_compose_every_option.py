@@ -94,3 +94,5 @@ def test_citeseer_extends_cora(tmp_path):
 def test_debug_fast_shortens_any_run(tmp_path):
     cfg = compose(["debug=fast", "experiment=imdb_propagated"], tmp_path)
     assert cfg.trainer.max_steps == 4 and cfg.trainer.limit_train_batches == 2 and cfg.checkpoint.every_n_epochs == 0
+    assert cfg.data.train_size == cfg.data.test_size == 512  # IMDB cut to debug_rows reviews per split
+    assert compose(["experiment=imdb_propagated"], tmp_path).data.train_size is None
