@@ -120,5 +120,5 @@ def test_imdb_word_vector_graph_and_embedding_choices(tiny_imdb, tmp_path):
     source, target, _ = data.graph.edges()
     assert len(source) > 0 and bool((source < 40).all() & (target < 40).all())  # training reviews only
     assert torch.equal(data.graph_data().train_labels, data.y_train)
-    with pytest.raises(ConfigError, match="data.graph.embedding='pixels' is not available for IMDB"):
+    with pytest.raises(ConfigError, match="data.graph.embedding='pixels' is not supported; allowed: 'tfidf_svd', 'word_vectors'"):
         IMDBDataModule(data_dir=str(root), graph={"kind": "knn", "embedding": "pixels"})

@@ -6,18 +6,20 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from nsl_lab.datamodules.samples import SampleDataModule, Samples
-from nsl_lab.datamodules.text import TRUNCATE, Vocabulary, pad_sequences, tokenize
+from nsl_lab.datamodules.text import Truncate, Vocabulary, pad_sequences, tokenize
 from nsl_lab.errors import ConfigError, check_choice, check_integer
 from nsl_lab.graphs.build import GraphSpec, text_embeddings, word_vector_embeddings
 from nsl_lab.graphs.neighbors import NeighborGraph
 
-SPLITS = ("train", "test")
-SOURCES = ("auto", "jsonl", "folder")
+Split = Literal["train", "test"]
+Source = Literal["auto", "jsonl", "folder"]
+TextEmbedding = Literal["tfidf_svd", "word_vectors"]
 _FILE_NAME = re.compile(r"^(\d+)_(\d+)\.txt$")
 
 
@@ -27,12 +29,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def read_aclimdb(folder: str | Path, split: str) -> list[dict]:
+def read_aclimdb(folder: str | Path, split: Split) -> list[dict]:
     """Reviews from the official ``aclImdb/<split>/{neg,pos}/<id>_<rating>.txt`` layout.
 
     Records match :func:`read_jsonl`'s, in the same order: negatives then positives, by id.
     """
-    check_choice("split", split, SPLITS)
+    check_choice("split", split, Split)
     folder = Path(folder)
     records = []
     for label, polarity in enumerate(("neg", "pos")):
@@ -50,9 +52,6 @@ def read_aclimdb(folder: str | Path, split: str) -> list[dict]:
                 "text": file.read_text(encoding="utf-8"), "path": f"{split}/{polarity}/{file.name}",
             })
     return records
-
-
-TEXT_EMBEDDINGS = ("tfidf_svd", "word_vectors")
 
 
 class IMDBDataModule(SampleDataModule):
@@ -86,10 +85,10 @@ class IMDBDataModule(SampleDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        source: str = "auto",
+        source: Source = "auto",
         folder: str | None = None,
         max_len: int = 256,
-        truncate: str = "tail",
+        truncate: Truncate = "tail",
         vocab_size: int = 20000,
         min_freq: int = 2,
         train_size: int | None = None,
@@ -98,25 +97,24 @@ class IMDBDataModule(SampleDataModule):
         **kwargs,
     ) -> None:
         super().__init__(graph=graph if graph is not None else {"kind": "knn"}, **kwargs)
-        check_choice("data.source", source, SOURCES)
+        check_choice("data.source", source, Source)
         check_integer("data.max_len", max_len, 1)
         check_integer("data.vocab_size", vocab_size, 1)
         check_integer("data.min_freq", min_freq, 1)
-        check_choice("data.truncate", truncate, TRUNCATE)
+        check_choice("data.truncate", truncate, Truncate)
         for name, value in [("train_size", train_size), ("test_size", test_size)]:
             check_integer(f"data.{name}", value, 2, optional=True)
         if self.graph_spec.kind not in ("none", "knn"):
             raise ConfigError(f"data.graph.kind={self.graph_spec.kind!r} is not available for IMDB; allowed: 'knn', 'none'")
-        if self.graph_spec.kind == "knn" and self.graph_spec.embedding not in TEXT_EMBEDDINGS:
-            raise ConfigError(f"data.graph.embedding={self.graph_spec.embedding!r} is not available for IMDB; "
-                              f"allowed: {', '.join(map(repr, TEXT_EMBEDDINGS))}")
+        if self.graph_spec.kind == "knn":
+            check_choice("data.graph.embedding", self.graph_spec.embedding, TextEmbedding)
         self.data_dir = Path(data_dir).expanduser()
         self.source, self.max_len, self.vocab_size, self.min_freq = source, int(max_len), vocab_size, int(min_freq)
         self.truncate = truncate
         self.folder = Path(folder).expanduser() if folder else self.data_dir / "imdb" / "aclImdb"
         self.train_size, self.test_size = train_size, test_size
 
-    def read(self, split: str) -> list[dict]:
+    def read(self, split: Split) -> list[dict]:
         jsonl = self.data_dir / "imdb" / f"{split}.jsonl.gz"
         if self.source == "jsonl" or (self.source == "auto" and jsonl.is_file()):
             if not jsonl.is_file():

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -23,7 +23,7 @@ from nsl_lab.modules.backbone import InputKind
 from nsl_lab.graphs.build import GraphSpec, dense_embeddings, similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph
 
-NAMES = ("Cora", "CiteSeer")
+PlanetoidName = Literal["Cora", "CiteSeer"]
 RAW_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 TENSORS_FILE = "nsl_lab_tensors.pt"
 
@@ -130,7 +130,7 @@ class PlanetoidDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        name: str = "Cora",
+        name: PlanetoidName = "Cora",
         data_dir: str = "data",
         cache_dir: str | None = None,
         label_frac: float | None = None,
@@ -143,7 +143,7 @@ class PlanetoidDataModule(pl.LightningDataModule):
         download: bool = True,
     ) -> None:
         super().__init__()
-        check_choice("data.name", name, NAMES)
+        check_choice("data.name", name, PlanetoidName)
         given = dict(graph) if hasattr(graph, "items") else {}
         self.graph_spec = GraphSpec.parse(given or graph)
         check_choice("data.graph.kind", self.graph_spec.kind, ("natural", "knn"))

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Iterable, Literal, Sequence
 
 import torch
 
 from nsl_lab.errors import check_choice, check_range
 
 PAD, UNK = "<pad>", "<unk>"
-TRUNCATE = ("head", "tail")
+Truncate = Literal["head", "tail"]
 _MARKUP = re.compile(r"<[^>]*>")
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[!?]")
 
@@ -52,7 +52,7 @@ class Vocabulary:
 
 
 def pad_sequences(
-    sequences: Sequence[Sequence[int]], max_len: int, truncate: str = "head"
+    sequences: Sequence[Sequence[int]], max_len: int, truncate: Truncate = "head"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids [N, max_len], lengths [N])``: at most ``max_len`` ids of each sequence, 0-padded.
 
@@ -61,7 +61,7 @@ def pad_sequences(
     length is >= 1 (packing needs it).
     """
     check_range("data.max_len", max_len, 1)
-    check_choice("data.truncate", truncate, TRUNCATE)
+    check_choice("data.truncate", truncate, Truncate)
     lengths = torch.tensor([min(max(len(s), 1), max_len) for s in sequences], dtype=torch.long)
     ids = torch.zeros(len(sequences), max_len, dtype=torch.long)
     kept = (lambda s: s[:max_len]) if truncate == "head" else (lambda s: s[-max_len:])
