@@ -23,7 +23,7 @@ def test_vocabulary_orders_by_frequency_and_applies_limits():
     assert Vocabulary.build(documents, max_size=2).tokens[2:] == ["b", "a"]
     assert Vocabulary.build(documents, min_freq=2).tokens[2:] == ["b", "a"]
     assert vocab.encode(["a", "zzz"]) == [3, 1]
-    with pytest.raises(ConfigError, match="data.min_freq=0 is out of range"):
+    with pytest.raises(ConfigError, match="data.min_freq=0 is not allowed; it must be an integer >= 1"):
         Vocabulary.build(documents, min_freq=0)
 
 

@@ -7,7 +7,7 @@ from typing import Iterable, Literal, Sequence
 
 import torch
 
-from nsl_lab.errors import check_choice, check_range
+from nsl_lab.errors import check_choice, check_integer
 
 PAD, UNK = "<pad>", "<unk>"
 Truncate = Literal["head", "tail"]
@@ -35,8 +35,8 @@ class Vocabulary:
     def build(cls, documents: Iterable[Sequence[str]], max_size: int | None = 20000, min_freq: int = 1) -> "Vocabulary":
         """The ``max_size`` most frequent tokens seen at least ``min_freq`` times (ties alphabetical)."""
         if max_size is not None:
-            check_range("data.vocab_size", max_size, 1)
-        check_range("data.min_freq", min_freq, 1)
+            check_integer("data.vocab_size", max_size, 1)
+        check_integer("data.min_freq", min_freq, 1)
         counts = Counter(token for document in documents for token in document)
         ranked = sorted((token for token, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
         return cls(ranked[:max_size] if max_size is not None else ranked)
@@ -60,7 +60,7 @@ def pad_sequences(
     verdict tends to come at its end). An empty sequence becomes one unknown token, so every
     length is >= 1 (packing needs it).
     """
-    check_range("data.max_len", max_len, 1)
+    check_integer("data.max_len", max_len, 1)
     check_choice("data.truncate", truncate, Truncate)
     lengths = torch.tensor([min(max(len(s), 1), max_len) for s in sequences], dtype=torch.long)
     ids = torch.zeros(len(sequences), max_len, dtype=torch.long)

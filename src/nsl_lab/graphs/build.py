@@ -220,7 +220,7 @@ def similarity_graph(
         target), each undirected edge present in both directions with the same weight.
     """
     check_knn_settings(k, threshold, method)
-    check_range("graph.block_size", block_size, 1)
+    check_integer("graph.block_size", block_size, 1)
     x = normalize_rows(embeddings)
     n = x.shape[0]
     if n < 2:
