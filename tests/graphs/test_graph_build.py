@@ -209,3 +209,18 @@ def test_word_vector_settings_are_checked():
         word_vector_embeddings([["only"], ["words"]], dim=4)
     with pytest.raises(ConfigError, match="data.graph.window=0 is not allowed; it must be an integer >= 1"):
         GraphSpec.parse({"kind": "knn", "embedding": "word_vectors", "window": 0})
+
+
+def test_embeddings_use_one_blas_thread_whatever_the_machine_sets():
+    """Multi-threaded BLAS sums in another order: the graph would depend on OMP_NUM_THREADS."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from nsl_lab.graphs.build import one_blas_thread
+
+    @one_blas_thread
+    def blas_threads():
+        return np.array([pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"])
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        inside = blas_threads()
+    assert inside.size and (inside == 1).all()

@@ -24,7 +24,7 @@ from nsl_lab.datamodules.generators import SeededGenerators
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.files import default_cache_dir
-from nsl_lab.graphs.build import GraphSpec, load_graph, save_graph, similarity_graph
+from nsl_lab.graphs.build import EMBEDDING_BUILD, GraphSpec, load_graph, save_graph, similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph, Sampling
 from nsl_lab.modules.backbone import InputKind
 
@@ -183,7 +183,8 @@ class SampleDataModule(pl.LightningDataModule):
         parameters and ``context`` (a digest of the data it was built from); an unreadable
         entry is rebuilt."""
         spec = self.graph_spec
-        path = self.cache_dir / "graphs" / f"{name}-{spec.key(num_nodes=num_nodes, **context)}.pt"
+        key = spec.key(num_nodes=num_nodes, build=EMBEDDING_BUILD, **context)
+        path = self.cache_dir / "graphs" / f"{name}-{key}.pt"
         stored = None
         if path.is_file():
             try:

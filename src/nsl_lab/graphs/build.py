@@ -21,7 +21,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args
+import functools
+from typing import Any, Callable, Literal, Mapping, get_args
 
 import numpy as np
 import torch
@@ -308,6 +309,25 @@ def read_tsv(path: str | Path, num_nodes: int | None = None,
 
 
 # -- embeddings -------------------------------------------------------------------------
+#: part of every cached graph's key: embeddings are computed with one BLAS thread (since issue 12)
+EMBEDDING_BUILD = "blas-1-thread"
+
+
+def one_blas_thread(function: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Runs ``function`` with numpy's / scipy's BLAS on one thread: multi-threaded BLAS sums in
+    another order, and a randomized SVD then gives other vectors (IMDB's word-vector graph
+    differed between OMP_NUM_THREADS=1 and 2), so the graph would depend on the machine."""
+    @functools.wraps(function)
+    def wrapped(*args: Any, **kwargs: Any) -> np.ndarray:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return function(*args, **kwargs)
+
+    return wrapped
+
+
+@one_blas_thread
 def text_embeddings(texts: list[str], dim: int = 256, max_features: int = 50000, seed: int = 0) -> np.ndarray:
     """TF-IDF (unigrams + bigrams, sublinear tf) reduced to ``dim`` by truncated SVD (LSA)."""
     from sklearn.decomposition import TruncatedSVD
@@ -320,6 +340,7 @@ def text_embeddings(texts: list[str], dim: int = 256, max_features: int = 50000,
     return TruncatedSVD(dim, random_state=seed, algorithm="randomized", n_iter=4).fit_transform(matrix).astype(np.float32)
 
 
+@one_blas_thread
 def word_vector_embeddings(
     documents: list[list[str]], dim: int = 256, window: int = 10, max_vocab: int = 20000, seed: int = 0
 ) -> np.ndarray:
@@ -373,6 +394,7 @@ def word_vector_embeddings(
     return np.asarray(tfidf.fit_transform(documents) @ vectors, dtype=np.float32)
 
 
+@one_blas_thread
 def dense_embeddings(x: np.ndarray | torch.Tensor, method: str = "pixels", dim: int = 256, seed: int = 0) -> np.ndarray:
     """Rows flattened (``pixels``/``features``) or projected to ``dim`` by PCA (``pca``)."""
     check_choice("graph.embedding", method, ("pixels", "features", "pca"))
