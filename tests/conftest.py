@@ -41,7 +41,7 @@ class Completed:
 
 
 def run_train(args: list[str], run_dir: Path, cache: Path, data: Path | None = None, check: bool = True,
-              in_process: bool = True):
+              in_process: bool = False):
     """Runs ``nsl-train`` on ``args`` in this process (or, ``in_process=False``, ``scripts/train.py``
     in a subprocess: for what only a fresh process shows); returns (Completed, metrics or None)."""
     env = {"NSL_LAB_CACHE": str(cache), "OMP_NUM_THREADS": "1", **({"NSL_LAB_DATA": str(data)} if data else {})}

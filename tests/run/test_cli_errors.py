@@ -18,7 +18,7 @@ QUICK = ["trainer.max_epochs=2", "logger=none", "data.label_frac=0.05"]
 
 def nsl_train(args: list[str], run_dir: Path, data: Path, cache: Path) -> tuple[int, str, str]:
     """``nsl-train`` in this process: (exit code, stdout, stderr)."""
-    completed, _ = run_train(args, run_dir, cache, data, check=False)
+    completed, _ = run_train(args, run_dir, cache, data, check=False, in_process=True)
     return completed.returncode, completed.stdout, completed.stderr
 
 
