@@ -85,6 +85,7 @@ def test_bad_file_type_is_named(files):
         make(files, features=str(files / "x.txt"))
 
 
+@pytest.mark.slow
 def test_custom_data_through_train_script(files, tmp_path, cache_dir):
     args = ["data=custom", f"data.features={files / 'x.npy'}", f"data.labels={files / 'y.npy'}",
             f"data.node_ids={files / 'ids.txt'}", "data.graph.kind=tsv", f"data.graph.path={files / 'g.tsv'}",

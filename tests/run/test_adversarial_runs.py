@@ -3,6 +3,9 @@ import pytest
 
 from conftest import run_train
 
+# End-to-end runs in a subprocess: part of CI, outside the fast inner loop.
+pytestmark = pytest.mark.slow
+
 DIGITS = ["experiment=digits_cnn", "trainer.max_epochs=3", "logger=none", "backbone.channels=[8,16]",
           "backbone.convs_per_stage=1", "data.label_frac=0.5",
           "backbone.hidden_size=32", "eval.attack.steps=3"]

@@ -1,7 +1,12 @@
 """Short end-to-end IMDB runs (a small subset) through nsl-train, in this process."""
 import csv
 
+import pytest
+
 from conftest import run_train
+
+# End-to-end runs in a subprocess: part of CI, outside the fast inner loop.
+pytestmark = pytest.mark.slow
 
 SMALL = ["experiment=imdb_label_frac", "data.train_size=240", "data.test_size=100", "data.max_len=40",
          "data.vocab_size=2000", "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "data.batch_size=16",

@@ -10,6 +10,9 @@ from hydra import compose, initialize_config_dir
 from conftest import REPO, run_train
 from nsl_lab.compose import CONF_DIR
 
+# End-to-end runs in a subprocess: part of CI, outside the fast inner loop.
+pytestmark = pytest.mark.slow
+
 
 def readme_commands() -> list[list[str]]:
     """The overrides of every ``NSL_LAB_DATA=... nsl-train ...`` line of the README (set-up lines included)."""

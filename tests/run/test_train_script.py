@@ -4,6 +4,9 @@ import pytest
 
 from conftest import run_train
 
+# End-to-end runs in a subprocess: part of CI, outside the fast inner loop.
+pytestmark = pytest.mark.slow
+
 FAST = ["trainer.max_epochs=5", "logger=none"]
 SHORT = ["trainer.max_epochs=30", "logger=none"]
 REQUIRED = {"val/acc", "test/acc", "n_labeled", "seed", "fit_seconds"}
