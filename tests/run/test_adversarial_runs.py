@@ -1,4 +1,4 @@
-"""End to end through nsl-train (in this process): adversarial runs on digits and with the graph regularizer on Cora."""
+"""End to end through scripts/train.py: adversarial runs on digits and with the graph regularizer on Cora."""
 import pytest
 
 from conftest import run_train

@@ -1,4 +1,4 @@
-"""Short end-to-end IMDB runs (a small subset) through nsl-train, in this process."""
+"""Short end-to-end IMDB runs (a small subset) through scripts/train.py."""
 import csv
 
 import pytest

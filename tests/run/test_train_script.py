@@ -1,5 +1,4 @@
-"""End to end through nsl-train on the real Cora (a few epochs), in this process; one subprocess run
-for the exit code of a fresh process."""
+"""End to end through scripts/train.py on the real Cora (a few epochs), each run in a subprocess."""
 import pytest
 
 from conftest import run_train
