@@ -32,7 +32,7 @@ from common import HERE, machine, quiet, write
 
 CONFIGS = {
     "base": ("base BiLSTM", ["experiment=imdb_label_frac", "regularizer=none"]),
-    "graph_nsl": ("NSL-faithful (graph_nsl)", ["experiment=imdb_label_frac", "regularizer=graph_nsl"]),
+    "graph_nsl": ("NSL-faithful (graph_nsl)", ["experiment=imdb_label_frac", "regularizer=graph_nsl_logits"]),
     "propagated": ("nsl_lab: propagated labels (experiment=imdb_propagated)", ["experiment=imdb_propagated"]),
     "propagated_aligned": ("propagated, class shares aligned",
                            ["experiment=imdb_propagated", "regularizer.propagated.align_to_prior=true"]),

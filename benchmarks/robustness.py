@@ -37,7 +37,7 @@ COMMON = ["experiment=digits_cnn", "logger=none", "trainer.enable_progress_bar=f
 
 
 def robust_key(eps: float) -> str:
-    return f"test/robust_acc/eps={eps:g}"
+    return f"test/robust_acc/pgd/eps={eps:g}"
 
 
 def train_one(job: tuple[int, str, list[str], str]) -> dict:

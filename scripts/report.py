@@ -4,7 +4,7 @@
     python scripts/report.py <multirun dir> --out reports/cora --wandb
 
 Writes report.csv, report.md, accuracy_vs_label_frac.png (when label_frac varies) and
-robust_accuracy_vs_epsilon.png (when jobs logged test/robust_acc/eps=<e>) into <dir>/report.
+robust_accuracy_vs_epsilon.png (when jobs logged test/robust_acc/<attack>/eps=<e>) into <dir>/report.
 Failed or unfinished jobs are listed in report.md; the others are still reported.
 """
 from __future__ import annotations

@@ -17,10 +17,8 @@ from typing import Any
 
 import yaml
 
+from nsl_lab.attacks.evaluation import ROBUST_KEY
 from nsl_lab.loggers import wandb_mode
-
-ROBUST_KEY = re.compile(r"^test/robust_acc/eps=(?P<eps>[-+0-9.eE]+)$")
-
 
 @dataclass
 class Job:
@@ -77,7 +75,7 @@ def collect(sweep_dir: str | Path) -> list[Job]:
 def metric_keys(jobs: list[Job]) -> list[str]:
     keys = {k for j in jobs for k, v in j.metrics.items() if k.startswith(("test/", "val/"))
             and isinstance(v, (int, float))}
-    robust = sorted((k for k in keys if ROBUST_KEY.match(k)), key=epsilon)
+    robust = sorted((k for k in keys if ROBUST_KEY.match(k)), key=lambda k: (ROBUST_KEY.match(k)["attack"], epsilon(k)))
     return [k for k in ("test/acc", "val/acc") if k in keys] + sorted(keys - set(robust) - {"test/acc", "val/acc"}) + robust
 
 
@@ -197,16 +195,21 @@ def plot_label_frac(rows: list[Row], path: Path) -> bool:
 
 
 def plot_epsilon(rows: list[Row], keys: list[str], path: Path) -> bool:
-    """Robust test accuracy against epsilon, one line per regularizer (and setting, label_frac)."""
+    """Robust test accuracy against epsilon, one line per regularizer (and setting, label_frac)
+    and attack: PGD and AutoAttack side by side."""
     robust = [k for k in keys if ROBUST_KEY.match(k)]
     if not robust:
         return False
+    attacks = list(dict.fromkeys(ROBUST_KEY.match(k)["attack"] for k in robust))
     series = []
     for name, members in _lines(rows).items():
         for r in members:
-            points = [(epsilon(k), *r.stats[k]) for k in robust if not math.isnan(r.stats[k][0])]
-            label = name if len(members) == 1 else f"{name} label_frac={_frac(r.label_frac)}"
-            series.append((label, [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]))
+            for attack in attacks:
+                points = [(epsilon(k), *r.stats[k]) for k in robust
+                          if ROBUST_KEY.match(k)["attack"] == attack and not math.isnan(r.stats[k][0])]
+                label = name if len(members) == 1 else f"{name} label_frac={_frac(r.label_frac)}"
+                label = label if len(attacks) == 1 else f"{label} ({attack})"
+                series.append((label, [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]))
     _errorbar_plot(path, series, xlabel="epsilon", ylabel="robust test accuracy (%)",
                    title="Robust accuracy against epsilon")
     return True

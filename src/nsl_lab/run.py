@@ -40,7 +40,7 @@ def build_regularizers(cfg: DictConfig | None) -> dict[str, Any]:
 
 def build_callbacks(cfg: DictConfig, output_dir: Path, clock: JobClock) -> list[pl.Callback]:
     """The run's callbacks: its clock, the ``callbacks`` group, ``last.ckpt`` every
-    ``checkpoint.every_n_epochs`` epochs, and robust accuracy when ``eval.attack.eps`` lists
+    ``checkpoint.every_n_epochs`` epochs, and robust accuracy when ``eval.eps`` lists
     epsilons."""
     callbacks: list[pl.Callback] = [clock]
     for name, node in (cfg.get("callbacks") or {}).items():
@@ -50,10 +50,10 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, clock: JobClock) -> list[
     check_integer("checkpoint.every_n_epochs", every, 0)
     if every > 0:
         callbacks.append(LastCheckpoint(checkpoint_dir(cfg, output_dir), every))
-    attack = (cfg.get("eval") or {}).get("attack")
-    if attack:
-        with config_scope("eval.attack."):
-            robust = RobustAccuracy.from_config(**OmegaConf.to_container(attack, resolve=True))
+    evaluation = cfg.get("eval")
+    if evaluation:
+        with config_scope("eval."):
+            robust = RobustAccuracy.from_config(**OmegaConf.to_container(evaluation, resolve=True))
         if robust is not None:
             callbacks.append(robust)
     return callbacks

@@ -117,8 +117,8 @@ def test_bad_settings_fail_with_names():
     with pytest.raises(ConfigError, match=r"^steps=0"):
         PGD(0.1, steps=0)
     # A run names the setting by its config path.
-    with pytest.raises(ConfigError, match=r"^eval\.attack\.eps=-0.1 is out of range"):
-        with config_scope("eval.attack."):
+    with pytest.raises(ConfigError, match=r"^eval\.eps=-0.1 is out of range"):
+        with config_scope("eval."):
             PGD(-0.1)
     with pytest.raises(ConfigError, match=r"norm='l3' is not supported"):
         SteepestAscent(norm="l3")

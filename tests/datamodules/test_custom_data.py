@@ -85,16 +85,15 @@ def test_bad_file_type_is_named(files):
         make(files, features=str(files / "x.txt"))
 
 
-@pytest.mark.slow
 def test_custom_data_through_train_script(files, tmp_path, cache_dir):
     args = ["data=custom", f"data.features={files / 'x.npy'}", f"data.labels={files / 'y.npy'}",
             f"data.node_ids={files / 'ids.txt'}", "data.graph.kind=tsv", f"data.graph.path={files / 'g.tsv'}",
             "backbone=ffn", "backbone.projection_size=null", "backbone.hidden_sizes=[16]", "regularizer=graph_nsl",
             "trainer.max_epochs=3", "logger=none"]
-    _, metrics = run_train(args, tmp_path / "run", cache_dir)
+    _, metrics = run_train(args, tmp_path / "run", cache_dir, in_process=True)
     assert metrics["n_labeled"] > 0 and metrics["epochs"] == 3
     completed, metrics = run_train([*args[:-2], "data.labels=" + str(files / "x.npy"), "trainer.max_epochs=1"],
-                                   tmp_path / "bad", cache_dir, check=False)
+                                   tmp_path / "bad", cache_dir, check=False, in_process=True)
     assert completed.returncode == 2 and metrics is None
     assert "nsl_lab: error: data.labels has 300 rows but data.features has 60" in completed.stderr
 

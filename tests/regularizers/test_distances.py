@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nsl_lab import Batch, NeighborGraph
 from nsl_lab.errors import ConfigError
 from nsl_lab.regularizers.distances import pairwise_distance, pairwise_distance_rows, reduce_weighted
 
@@ -105,3 +106,36 @@ def test_distance_of_rows_equals_gathering_first_bit_for_bit(distance, transform
         (values * torch.linspace(0, 1, 300)).sum().backward()
         results.append((values.detach(), x.grad))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_sum_over_axis_matches_nsl_docstring_example():
+    # NSL's pairwise_distance_wrapper docstring: L2 with reduction MEAN gives 10.25 with
+    # sum_over_axis=-1 (mean over sample pairs) and 5.125 with None (mean over feature pairs).
+    from nsl_lab.regularizers.distances import feature_scale
+
+    a = torch.tensor([[1.0, 1], [2, 2], [0, 2], [5, 5]])
+    b = torch.tensor([[1.0, 1], [0, 2], [4, 4], [1, 4]])
+    weights = torch.ones(4)
+    per_pair = pairwise_distance(a, b, "l2")
+    for sum_over_axis, expected in ((-1, 10.25), (None, 5.125)):
+        for reduction in ("mean", "mean_by_weight", "sum_by_nonzero_weights"):
+            scaled = per_pair * feature_scale(sum_over_axis, reduction, a.shape[-1])
+            assert reduce_weighted(scaled, weights, reduction).item() == pytest.approx(expected)
+    # A summing reduction adds every feature either way.
+    assert feature_scale(None, "sum", 2) == feature_scale(-1, "sum", 2) == 1.0
+
+
+def test_sum_over_axis_none_averages_the_graph_term_and_is_checked():
+    from nsl_lab import GraphRegularizer
+
+    outputs = torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 1.0], [0.5, 2.0, 0.0]])
+    batch = Batch(x=torch.zeros(3, 1), y=torch.tensor([0, -1, 1]), index=torch.arange(3),
+                  graph=NeighborGraph(torch.tensor([[0, 2], [1, 1]]), 3, torch.tensor([1.0, 0.5])))
+    summed = GraphRegularizer(distance="l1").neighbor_loss(outputs, batch)
+    averaged = GraphRegularizer(distance="l1", sum_over_axis=None).neighbor_loss(outputs, batch)
+    assert averaged.item() == pytest.approx(summed.item() / 3)
+    assert summed.item() == pytest.approx((1.0 * 2.0 + 0.5 * 3.5) / 2)
+    with pytest.raises(ConfigError, match="sum_over_axis=null averages l1 / l2 over the features; distance='kl'"):
+        GraphRegularizer(distance="kl", transform="softmax", sum_over_axis=None)
+    with pytest.raises(ConfigError, match="sum_over_axis=0 is not supported; allowed: -1, null"):
+        GraphRegularizer(sum_over_axis=0)

@@ -1,21 +1,19 @@
-"""End to end through scripts/train.py: adversarial runs on digits and with the graph regularizer on Cora."""
+"""End to end through the nsl-train entry point, in this process: adversarial runs on digits and with the
+graph regularizer on Cora."""
 import pytest
 
 from conftest import run_train
 
-# End-to-end runs in a subprocess: part of CI, outside the fast inner loop.
-pytestmark = pytest.mark.slow
-
 DIGITS = ["experiment=digits_cnn", "trainer.max_epochs=3", "logger=none", "backbone.channels=[8,16]",
           "backbone.convs_per_stage=1", "data.label_frac=0.5",
-          "backbone.hidden_size=32", "eval.attack.steps=3"]
+          "backbone.hidden_size=32", "eval.settings.pgd.steps=3"]
 
 
 def test_adversarial_run_on_digits_writes_robust_accuracies(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     _, metrics = run_train([*DIGITS, "regularizer=adversarial_pgd", "regularizer.adversarial.pgd_iterations=2"],
-                           run_dir, cache_dir)
-    keys = [f"test/robust_acc/eps={e}" for e in ("0", "0.05", "0.1", "0.2", "0.3")]
+                           run_dir, cache_dir, in_process=True)
+    keys = [f"test/robust_acc/pgd/eps={e}" for e in ("0", "0.05", "0.1", "0.2", "0.3")]
     assert set(keys) <= set(metrics)
     robust = [metrics[k] for k in keys]
     assert metrics[keys[0]] == metrics["test/acc"] > 0.3  # eps 0 is the clean accuracy (chance: 0.1)
@@ -28,7 +26,8 @@ def test_adversarial_run_on_digits_writes_robust_accuracies(tmp_path, cache_dir)
 def test_graph_and_adversarial_regularizers_combine_on_cora(tmp_path, data_root, cache_dir):
     # Three epochs of one step each: log every step, so the CSV holds the training terms.
     _, metrics = run_train(["regularizer=graph_adversarial", "data.label_frac=0.05", "trainer.max_epochs=3",
-                            "trainer.log_every_n_steps=1", "logger=csv"], tmp_path / "run", cache_dir, data_root)
+                            "trainer.log_every_n_steps=1", "logger=csv"], tmp_path / "run", cache_dir, data_root,
+                           in_process=True)
     assert not any(k.startswith("test/robust") for k in metrics)
     logged = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/adversarial_loss" in logged and "train/graph_loss" in logged
@@ -37,14 +36,17 @@ def test_graph_and_adversarial_regularizers_combine_on_cora(tmp_path, data_root,
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["eval.attack.name=cw"], "eval.attack.name='cw' is not supported; allowed: 'fgsm', 'pgd'"),
-        (["eval.attack.eps=[0.1,-1]"], "eval.attack.eps=-1 is out of range"),
+        (["eval.attacks=[cw]"], "eval.attacks='cw' is not supported; allowed: 'fgsm', 'pgd', 'apgd-ce', 'apgd-t', "
+                                "'square', 'autoattack'"),
+        (["eval.eps=[0.1,-1]"], "eval.eps=-1 is out of range"),
+        (["+eval.steps=3"], "eval.steps=3 is not a setting of the robust evaluation; allowed: attacks"),
+        (["+eval.settings.pgd.stepz=3"], "eval.settings.pgd.stepz=3 is not a setting of attack 'pgd'"),
         (["regularizer=adversarial", "regularizer.adversarial.adv_grad_norm=l3"],
          "adversarial.adv_grad_norm='l3' is not supported; allowed: 'linf', 'l2', 'l1'"),
     ],
 )
 def test_bad_adversarial_settings_fail_in_one_line(tmp_path, cache_dir, overrides, message):
-    completed, metrics = run_train([*DIGITS, *overrides], tmp_path / "run", cache_dir, check=False)
+    completed, metrics = run_train([*DIGITS, *overrides], tmp_path / "run", cache_dir, check=False, in_process=True)
     errors = [line for line in completed.stderr.splitlines() if line.startswith("nsl_lab: error:")]
     assert completed.returncode == 2 and metrics is None
     assert len(errors) == 1 and message in errors[0], completed.stderr[-2000:]

@@ -1,12 +1,9 @@
-"""Short end-to-end IMDB runs (a small subset) through scripts/train.py."""
+"""Short end-to-end IMDB runs (a small subset) through the nsl-train entry point, in this process."""
 import csv
 
 import pytest
 
 from conftest import run_train
-
-# End-to-end runs in a subprocess: part of CI, outside the fast inner loop.
-pytestmark = pytest.mark.slow
 
 SMALL = ["experiment=imdb_label_frac", "data.train_size=240", "data.test_size=100", "data.max_len=40",
          "data.vocab_size=2000", "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "data.batch_size=16",
@@ -15,7 +12,8 @@ SMALL = ["experiment=imdb_label_frac", "data.train_size=240", "data.test_size=10
 
 def test_imdb_graph_regularized_run(tmp_path, data_root, cache_dir):
     run_dir = tmp_path / "run"
-    _, metrics = run_train([*SMALL, "data.label_frac=0.5", "regularizer=graph_nsl", "logger=csv"], run_dir, cache_dir, data_root)
+    _, metrics = run_train([*SMALL, "data.label_frac=0.5", "regularizer=graph_nsl", "logger=csv"], run_dir, cache_dir, data_root,
+                           in_process=True)
     assert metrics["seed"] == 0
     # 90% of 240 reviews train, half of them keep labels (stratified per class)
     assert 106 <= metrics["n_labeled"] <= 110
@@ -29,7 +27,8 @@ def test_imdb_graph_regularized_run(tmp_path, data_root, cache_dir):
 
 
 def test_imdb_bad_graph_setting_fails_in_one_line(tmp_path, data_root, cache_dir):
-    completed, metrics = run_train([*SMALL, "data.graph.k=0"], tmp_path / "run", cache_dir, data_root, check=False)
+    completed, metrics = run_train([*SMALL, "data.graph.k=0"], tmp_path / "run", cache_dir, data_root, check=False,
+                                   in_process=True)
     assert completed.returncode == 2 and metrics is None
     errors = [line for line in completed.stderr.splitlines() if line.startswith("nsl_lab: error:")]
     assert errors == ["nsl_lab: error: data.graph.k=0 is not allowed; it must be an integer >= 1 or null"]
@@ -43,7 +42,7 @@ def test_sweep_preset_crosses_regularizers_and_label_fractions():
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["sweep=imdb_label_frac"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params["regularizer"] == "none,graph_nsl"
+    assert params["regularizer"] == "none,graph_nsl_logits"
     assert params["data.label_frac"] == "0.01,0.02,0.05,0.1,1.0"
     assert cfg.backbone._target_ == "nsl_lab.modules.RNNClassifier" and cfg.backbone.bidirectional
     assert cfg.data._target_ == "nsl_lab.datamodules.IMDBDataModule" and cfg.data.graph.kind == "knn"
@@ -57,7 +56,8 @@ def test_imdb_propagated_labels_run(tmp_path, data_root, cache_dir):
     # BiLSTM's own kNN graph from the first epoch, class shares aligned.
     _, metrics = run_train(["experiment=imdb_propagated", *small, "data.label_frac=0.1", "data.graph.dim=16",
                             "regularizer.propagated.feature_graph_from_epoch=0",
-                            "regularizer.propagated.align_to_prior=true", "logger=csv"], run_dir, cache_dir, data_root)
+                            "regularizer.propagated.align_to_prior=true", "logger=csv"], run_dir, cache_dir, data_root,
+                           in_process=True)
     resolved = (run_dir / "config_resolved.yaml").read_text()
     assert "PropagatedLabelRegularizer" in resolved and "embedding: word_vectors" in resolved
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))

@@ -28,7 +28,7 @@ def fake_job(sweep: Path, num: int, overrides: list[str], regularizer: str, labe
 
 def robust(clean: float, eps_acc: dict[float, float], seed: int) -> dict:
     return {"test/acc": clean, "val/acc": clean, "seed": seed,
-            **{f"test/robust_acc/eps={e:g}": a for e, a in eps_acc.items()}}
+            **{f"test/robust_acc/pgd/eps={e:g}": a for e, a in eps_acc.items()}}
 
 
 @pytest.fixture
@@ -56,11 +56,11 @@ def test_epsilon_report_table_plot_and_problems(epsilon_sweep):
     out = result["out_dir"]
     assert (out / "robust_accuracy_vs_epsilon.png").stat().st_size > 1000
     assert not (out / "accuracy_vs_label_frac.png").exists()  # label_frac never varies here
-    assert result["keys"][-3:] == ["test/robust_acc/eps=0", "test/robust_acc/eps=0.1", "test/robust_acc/eps=0.3"]
+    assert result["keys"][-3:] == ["test/robust_acc/pgd/eps=0", "test/robust_acc/pgd/eps=0.1", "test/robust_acc/pgd/eps=0.3"]
     rows = {(r.regularizer, r.setting): r for r in result["rows"]}
     row = rows[("adversarial", "regularizer.adversarial.adv_step_size=0.05")]
     assert row.seeds == [0, 1]
-    mean, std = row.stats["test/robust_acc/eps=0.1"]
+    mean, std = row.stats["test/robust_acc/pgd/eps=0.1"]
     assert mean == pytest.approx(0.56) and std == pytest.approx(0.0141421, abs=1e-6)  # (0.55, 0.57)
     # The failed job's group keeps its other seed.
     assert rows[("adversarial_pgd", "regularizer.adversarial.adv_step_size=0.2")].seeds == [0]

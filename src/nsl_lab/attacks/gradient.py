@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nsl_lab.attacks.steepest_ascent import BallNorm, Norm, SteepestAscent
+from nsl_lab.attacks.steepest_ascent import BallNorm, Norm, SteepestAscent, _per_example
 from nsl_lab.errors import check_choice, check_integer, check_range
 from nsl_lab.losses import summed_supervised_loss
 from nsl_lab.modules.backbone import as_output
@@ -23,7 +23,8 @@ class GradientAttack:
     """Shared ``__call__`` of FGSM and PGD: runs :class:`SteepestAscent` on the model's
     cross-entropy with the model in eval mode (dropout off, batch norm on its running
     statistics), then restores the model's mode. Accumulates no parameter gradients and
-    keeps no state between calls; ``generator`` seeds the random start."""
+    keeps no state between calls; ``generator`` seeds the random start. Unlabeled rows
+    (``y < 0``) come back unchanged."""
 
     def __init__(self, ascent: SteepestAscent, epsilon: float, generator: torch.Generator | None = None) -> None:
         self.ascent, self.epsilon, self.generator = ascent, float(epsilon), generator
@@ -37,6 +38,8 @@ class GradientAttack:
             delta = self.ascent.perturbation(x, lambda point: attack_loss(model, point, y), generator=self.generator)
         finally:
             model.train(was_training)
+        # Unlabeled rows have no loss to raise: only the random start would move them.
+        delta = delta * _per_example((y >= 0).to(delta.dtype), delta)
         return (x.detach() + delta).detach()
 
     def __repr__(self) -> str:
@@ -98,7 +101,7 @@ class PGD(GradientAttack):
 def make_attack(name: AttackName, eps: float, norm: Norm = "linf", steps: int = 20, step_size: float | None = None,
                 random_start: bool = True, clip_min: float | None = None,
                 clip_max: float | None = None) -> GradientAttack:
-    """An attack from the ``eval.attack`` settings (``name`` = ``fgsm`` or ``pgd``)."""
+    """A gradient attack by name (``fgsm`` or ``pgd``), from its settings."""
     check_choice("name", name, AttackName)
     if name == "fgsm":
         return FGSM(eps, norm, clip_min, clip_max)

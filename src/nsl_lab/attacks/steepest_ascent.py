@@ -67,11 +67,14 @@ def project(delta: torch.Tensor, norm: BallNorm, epsilon: float) -> torch.Tensor
 def random_in_ball(
     like: torch.Tensor, norm: BallNorm, epsilon: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """A random point of the ``norm`` ball of radius ``epsilon`` per example.
+    r"""A point drawn uniformly from the ``norm`` ball of radius ``epsilon``, per example.
 
-    ``linf``: uniform in the cube. ``l2``: a uniform direction with a radius uniform in
-    ``[0, epsilon]``. Drawn on the CPU (with ``generator`` when given), so a seed
-    reproduces it on any device.
+    ``linf``: uniform in the cube. ``l2``: a uniform direction (a normalised Gaussian) at
+    radius :math:`\epsilon\, U^{1/d}` with :math:`U \sim \mathcal{U}[0, 1]` and :math:`d` the
+    coordinates per example, which is uniform in the ball's volume (a uniform radius would
+    crowd the centre: in 20 dimensions its mean is :math:`\epsilon/2`, the ball's
+    :math:`\tfrac{20}{21}\epsilon`). Drawn on the CPU (with ``generator`` when given), so a
+    seed reproduces it on any device.
     """
     if norm == "linf":
         noise = torch.rand(like.shape, generator=generator, dtype=like.dtype) * 2 - 1
@@ -79,7 +82,8 @@ def random_in_ball(
     if norm == "l2":
         direction = torch.randn(like.shape, generator=generator, dtype=like.dtype)
         direction = direction / direction.flatten(1).norm(dim=1).clamp_min(TINY).reshape(-1, *[1] * (like.dim() - 1))
-        radius = torch.rand(like.shape[0], generator=generator, dtype=like.dtype) * epsilon
+        dims = like[0].numel()
+        radius = torch.rand(like.shape[0], generator=generator, dtype=like.dtype) ** (1.0 / dims) * epsilon
         return (direction * _per_example(radius, like)).to(like.device)
     raise ConfigError(f"random_init needs a projection norm; norm={norm!r} is not supported; allowed: 'linf', 'l2'",
                       "norm")

@@ -13,6 +13,11 @@ For a sample output :math:`a` and a neighbour output :math:`b` (last dimension =
 ``transform`` is applied to both sides first (``none``, ``softmax``, ``sigmoid``); ``kl``
 and ``jensen_shannon`` compare probability vectors, so they need ``softmax`` or
 ``sigmoid`` (``softmax`` is computed in log space for stability).
+
+NSL's ``sum_over_axis``: ``-1`` (the table above, nsl_lab's default) sums ``l1`` / ``l2``
+over the last axis; ``None`` (NSL's default) leaves them per feature, so an averaging
+reduction also averages over the features (:func:`feature_scale`). ``cosine``, ``kl`` and
+``jensen_shannon`` are always taken over the last axis (NSL requires an axis for them).
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from nsl_lab.errors import ConfigError, check_choice
 Distance = Literal["l1", "l2", "cosine", "kl", "jensen_shannon"]
 Transform = Literal["none", "softmax", "sigmoid"]
 Reduction = Literal["sum_by_nonzero_weights", "mean_by_weight", "sum", "mean"]
+#: NSL's ``DistanceConfig.sum_over_axis``: -1 sums over the last axis, None keeps features apart
+SumOverAxis = Literal[-1, None]
 _EPS = 1e-12
 
 
@@ -36,6 +43,21 @@ def check_distance(distance: Distance, transform: Transform) -> None:
         raise ConfigError(
             f"distance={distance!r} compares probabilities; set transform='softmax' or 'sigmoid'", "distance"
         )
+
+
+def check_sum_over_axis(sum_over_axis: SumOverAxis, distance: Distance) -> None:
+    if sum_over_axis not in (-1, None):
+        raise ConfigError(f"sum_over_axis={sum_over_axis!r} is not supported; allowed: -1, null", "sum_over_axis")
+    if sum_over_axis is None and distance not in ("l1", "l2"):
+        raise ConfigError(f"sum_over_axis=null averages l1 / l2 over the features; distance={distance!r} "
+                          "is always taken over the last axis: set sum_over_axis=-1", "sum_over_axis")
+
+
+def feature_scale(sum_over_axis: SumOverAxis, reduction: Reduction, features: int) -> float:
+    """The factor that turns a pair's summed ``l1`` / ``l2`` into NSL's value for ``sum_over_axis``:
+    with ``None`` an averaging reduction counts every feature of a pair (NSL broadcasts the pair
+    weight over them), which is the mean over the last axis; ``sum`` is unchanged."""
+    return 1.0 if sum_over_axis is not None or reduction == "sum" else 1.0 / features
 
 
 def _log_probs(x: torch.Tensor, transform: str) -> torch.Tensor:

@@ -11,7 +11,8 @@ from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph, Sampling
 from nsl_lab.regularizers.base import Regularizer
 from nsl_lab.regularizers.distances import (
-    Distance, Reduction, Transform, check_distance, pairwise_distance, pairwise_distance_rows, reduce_weighted,
+    Distance, Reduction, SumOverAxis, Transform, check_distance, check_sum_over_axis, feature_scale, pairwise_distance,
+    pairwise_distance_rows, reduce_weighted,
 )
 
 Seeds = Literal["labeled", "all"]
@@ -65,6 +66,8 @@ class GraphRegularizer(Regularizer):
         distance: ``l1``, ``l2`` (squared), ``cosine``, ``kl``, ``jensen_shannon``.
         transform: ``none``, ``softmax`` or ``sigmoid``, applied to both outputs.
         reduction: ``sum_by_nonzero_weights`` (NSL), ``mean_by_weight``, ``sum``, ``mean``.
+        sum_over_axis: NSL's: ``-1`` sums ``l1`` / ``l2`` over the output's features (default);
+            ``None`` (NSL's default) averages them over the features with an averaging reduction.
         max_neighbors: neighbours per seed (ignored by ``full_graph``).
         neighbor_sampling: ``top_k`` (by weight, NSL) or ``uniform`` (resampled each step).
         full_graph: use every edge each step instead of sampled neighbours.
@@ -82,6 +85,7 @@ class GraphRegularizer(Regularizer):
         distance: Distance = "l2",
         transform: Transform = "none",
         reduction: Reduction = "sum_by_nonzero_weights",
+        sum_over_axis: SumOverAxis = -1,
         max_neighbors: int = 2,
         neighbor_sampling: Sampling = "top_k",
         full_graph: bool = False,
@@ -95,6 +99,7 @@ class GraphRegularizer(Regularizer):
         super().__init__(multiplier, warmup_epochs)
         check_distance(distance, transform)
         check_choice("reduction", reduction, Reduction)
+        check_sum_over_axis(sum_over_axis, distance)
         check_choice("neighbor_sampling", neighbor_sampling, Sampling)
         check_choice("seeds", seeds, Seeds)
         check_choice("compare", compare, Compare)
@@ -106,6 +111,7 @@ class GraphRegularizer(Regularizer):
         ]:
             check_range(pair_type, value, 0.0)
         self.distance, self.transform, self.reduction = distance, transform, reduction
+        self.sum_over_axis = sum_over_axis
         self.max_neighbors, self.neighbor_sampling = max_neighbors, neighbor_sampling
         self.full_graph, self.seeds, self.compare = bool(full_graph), seeds, compare
         self.pair_weights = (float(unlabeled_unlabeled), float(labeled_unlabeled), float(labeled_labeled))
@@ -170,7 +176,12 @@ class GraphRegularizer(Regularizer):
         """The unscaled, reduced distance term."""
         rows_i, rows_j, weight = self.pairs(batch)
         distance = pairwise_distance_rows(outputs, rows_i, rows_j, self.distance, self.transform)
-        return reduce_weighted(distance, weight, self.reduction)
+        return reduce_weighted(self.per_features(distance, outputs), weight, self.reduction)
+
+    def per_features(self, distance: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """``distance`` as ``sum_over_axis`` asks (unchanged for ``-1``)."""
+        scale = feature_scale(self.sum_over_axis, self.reduction, outputs.shape[-1])
+        return distance if scale == 1.0 else distance * scale
 
     def packed_pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weights [B, k'], needed [B * k])`` for packed neighbours, ``k' = min(k, max_neighbors)``.
@@ -200,6 +211,7 @@ class GraphRegularizer(Regularizer):
         seed_rows = torch.arange(rows, device=outputs.device).repeat_interleave(k)[needed]
         distance = outputs.new_zeros(rows * k)
         distance[needed] = pairwise_distance(outputs[seed_rows], neighbor_outputs, self.distance, self.transform)
+        distance = self.per_features(distance, outputs)
         return reduce_weighted(distance.reshape(rows, k)[:, : weight.shape[1]], weight, self.reduction)
 
     def loss(self, step: TrainingStep) -> torch.Tensor | None:
@@ -217,4 +229,6 @@ class GraphRegularizer(Regularizer):
     def extra_repr(self) -> str:
         mode = "full_graph" if self.full_graph else f"max_neighbors={self.max_neighbors}, {self.neighbor_sampling}"
         return (f"{super().extra_repr()}, distance={self.distance!r}, transform={self.transform!r}, "
-                f"reduction={self.reduction!r}, {mode}, seeds={self.seeds!r}, compare={self.compare!r}")
+                f"reduction={self.reduction!r}, "
+                + ("" if self.sum_over_axis == -1 else "sum_over_axis=None, ")
+                + f"{mode}, seeds={self.seeds!r}, compare={self.compare!r}")

@@ -1,0 +1,208 @@
+"""PGD-20 against AutoAttack on digits CNNs: base, FGSM-, PGD-7- and TRADES-trained.
+
+    python benchmarks/robust_eval.py --jobs 2                              # 5 seeds, eps 0.05-0.3, L2 eps 1
+    python benchmarks/robust_eval.py --seeds 0 --eps 0.1 0.2 --jobs 2      # what this 2-core machine could afford
+
+Each model trains with ``experiment=digits_cnn`` (8x8 digits in [0, 1], wide CNN, 40 epochs); its
+test stage evaluates PGD-20 and AutoAttack (``eval.attacks=[pgd,autoattack]``, standard version:
+APGD-CE, APGD-T, Square 5000 queries) in Linf; then ``nsl_lab.evaluate`` (``nsl-eval``) runs the
+same pair in L2 on the saved model. Finished runs are cached in
+benchmarks/results/robust_eval.runs.jsonl (keyed by a hash of src/ and conf/), so an interrupted
+benchmark resumes. Writes benchmarks/results/robust_eval.{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from common import RESULTS, RunCache, fingerprint, machine, mean_std, quiet, write
+
+CONFIGS = {
+    "base": ["regularizer=none"],
+    "FGSM": ["regularizer=adversarial", "regularizer.adversarial.clip_value_min=0.0",
+             "regularizer.adversarial.clip_value_max=1.0"],
+    "PGD-7": ["regularizer=adversarial_pgd"],
+    "TRADES": ["regularizer=trades"],
+}
+COMMON = ["experiment=digits_cnn", "logger=none", "trainer.enable_progress_bar=false", "num_threads=1",
+          "eval.attacks=[pgd,autoattack]"]
+ATTACKS = ("pgd", "autoattack")
+
+
+def key(attack: str, eps: float) -> str:
+    return f"test/robust_acc/{attack}/eps={eps:g}"
+
+
+def run_one(job: tuple[str, int, list[float], list[float], list[str], str]) -> dict:
+    """Trains, tests (Linf) and evaluates in L2 one (config, seed); a worker process with --jobs."""
+    name, seed, linf, l2, extra, run_dir = job
+    quiet()
+    from nsl_lab.compose import run_overrides
+    from nsl_lab.evaluate import evaluate
+
+    start = time.perf_counter()
+    eps_list = "[" + ",".join(f"{e:g}" for e in linf) + "]"
+    metrics = run_overrides([*COMMON, *CONFIGS[name], f"seed={seed}", f"eval.eps={eps_list}", *extra], run_dir)
+    linf_seconds = time.perf_counter() - start
+    row = {"config": name, "seed": seed, "test_acc": metrics["test/acc"], "val_acc": metrics["val/acc"],
+           "fit_seconds": metrics["fit_seconds"],
+           "linf": {a: {f"{e:g}": metrics[key(a, e)] for e in linf} for a in ATTACKS},
+           "sanity": {k: v for k, v in metrics.items() if k.startswith("test/sanity/")}}
+    if l2:
+        start = time.perf_counter()
+        l2_list = "[" + ",".join(f"{e:g}" for e in l2) + "]"
+        l2_metrics = evaluate(run_dir, ["eval.norm=l2", f"eval.eps={l2_list}", "eval.attacks=[pgd,autoattack]",
+                                        *[o for o in extra if o.startswith("eval.")]],
+                              out=Path(run_dir) / "eval_l2.json", device="cpu", progress=False)
+        row["l2"] = {a: {f"{e:g}": l2_metrics[key(a, e)] for e in l2} for a in ATTACKS}
+        row["l2_seconds"] = time.perf_counter() - start
+    row["run_seconds"] = linf_seconds
+    print(f"{name:7s} seed {seed}: clean {row['test_acc']:.3f} " + " ".join(
+        f"{a}@{e}={v:.3f}" for a, cells in row["linf"].items() for e, v in cells.items()), flush=True)
+    return row
+
+
+def plot(rows: list[dict], names: list[str], linf: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    for index, name in enumerate(names):
+        color = f"C{index}"
+        for attack, style in zip(ATTACKS, ("-", "--")):
+            cells = [mean_std([100 * r["linf"][attack][f"{e:g}"] for r in rows if r["config"] == name]) for e in linf]
+            axes.errorbar(linf, [c[0] for c in cells], yerr=[c[1] for c in cells], linestyle=style, color=color,
+                          marker="o", capsize=3, label=f"{name} ({'PGD-20' if attack == 'pgd' else 'AutoAttack'})")
+    axes.set_xlabel("epsilon (Linf, pixels in [0, 1])")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title("digits CNN: PGD-20 (solid) against AutoAttack (dashed)")
+    axes.set_ylim(0, 100)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--eps", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3], help="Linf radii")
+    parser.add_argument("--l2-eps", nargs="*", type=float, default=[1.0], help="L2 radii (none: skip L2)")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help="more overrides for every run, e.g. a smoke test: trainer.max_epochs=1 "
+                             "eval.settings.autoattack.version=fast")
+    args = parser.parse_args()
+    quiet()
+    cache = RunCache("robust_eval", fingerprint("src", "conf"))
+    settings = {"linf": [f"{e:g}" for e in args.eps], "l2": [f"{e:g}" for e in args.l2_eps], "extra": args.extra}
+    with tempfile.TemporaryDirectory() as scratch:
+        todo, rows = [], []
+        # The slowest (adversarially trained) models first, so parallel workers finish together.
+        for name in reversed(args.configs):
+            for seed in args.seeds:
+                row = cache.find(config=name, seed=seed, settings=settings)
+                if row is not None:
+                    rows.append(row)
+                else:
+                    todo.append((name, seed, args.eps, args.l2_eps, args.extra, str(Path(scratch) / f"{name}-{seed}")))
+        if args.jobs > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for row in pool.map(run_one, todo):
+                    cache.add({**row, "settings": settings})
+                    rows.append(row)
+        else:
+            for job in todo:
+                row = run_one(job)
+                cache.add({**row, "settings": settings})
+                rows.append(row)
+
+    def cell(values: list[float]) -> str:
+        mean, std = mean_std([100 * v for v in values])
+        return f"{mean:.1f} ± {std:.1f}"
+
+    def values(name: str, norm: str, attack: str, eps: str) -> list[float]:
+        return [r[norm][attack][eps] for r in rows if r["config"] == name and norm in r]
+
+    header = ["model", "clean"] + [f"{a} Linf {e}" for e in settings["linf"] for a in ("PGD-20", "AA")]
+    header += [f"{a} L2 {e}" for e in settings["l2"] for a in ("PGD-20", "AA")]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    gaps = ["| model | " + " | ".join([f"Linf {e}" for e in settings["linf"]] + [f"L2 {e}" for e in settings["l2"]])
+            + " |", "|---" * (1 + len(settings["linf"]) + len(settings["l2"])) + "|"]
+    for name in args.configs:
+        cells = [cell([r["test_acc"] for r in rows if r["config"] == name])]
+        gap_cells = []
+        for norm in ("linf", "l2"):
+            for e in settings[norm]:
+                pgd, aa = values(name, norm, "pgd", e), values(name, norm, "autoattack", e)
+                cells += [cell(pgd), cell(aa)]
+                gap_cells.append(cell([p - a for p, a in zip(pgd, aa)]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        gaps.append(f"| {name} | " + " | ".join(gap_cells) + " |")
+
+    def mean(name: str, norm: str, attack: str, eps: str) -> float:
+        found = values(name, norm, attack, eps)
+        return 100 * sum(found) / len(found) if found else float("nan")
+
+    clean = {name: 100 * mean_std([r["test_acc"] for r in rows if r["config"] == name])[0] for name in args.configs}
+    adversarial = [n for n in args.configs if n != "base"]
+    # The best adversarially regularized model by validation accuracy (the test set chooses nothing).
+    best = max(adversarial or args.configs, key=lambda n: mean_std([r["val_acc"] for r in rows if r["config"] == n])[0])
+    checks = []
+    if "0.1" in settings["linf"]:
+        checks.append((f"best adversarial model ({best}, by validation) AutoAttack >= 90% at Linf 0.1",
+                       mean(best, "linf", "autoattack", "0.1") >= 90, f"{mean(best, 'linf', 'autoattack', '0.1'):.1f}"))
+    if "0.2" in settings["linf"]:
+        checks.append((f"best adversarial model ({best}) AutoAttack >= 72% at Linf 0.2",
+                       mean(best, "linf", "autoattack", "0.2") >= 72, f"{mean(best, 'linf', 'autoattack', '0.2'):.1f}"))
+    if "base" in clean:
+        checks.append((f"{best} clean within 1 point of base", clean[best] >= clean["base"] - 1,
+                       f"{clean[best]:.1f} vs {clean['base']:.1f}"))
+    for name in args.configs:
+        for norm in ("linf", "l2"):
+            for e in settings[norm]:
+                p, a = mean(name, norm, "pgd", e), mean(name, norm, "autoattack", e)
+                checks.append((f"{name} {norm} {e}: AutoAttack never weaker than PGD-20", a <= p, f"{a:.1f} <= {p:.1f}"))
+    seconds = {name: mean_std([r["run_seconds"] for r in rows if r["config"] == name])[0] for name in args.configs}
+    markdown = "\n".join([
+        "# digits CNN: test accuracy (%) under PGD-20 and AutoAttack",
+        "",
+        f"Mean ± std over seeds {args.seeds}; 360 test images, pixels in [0, 1]; AutoAttack = nsl_lab's standard "
+        "version (APGD-CE 100 steps, APGD-T 9 targets x 100 steps, Square 5000 queries; no FAB-T).",
+        f"Reproduce: `python benchmarks/robust_eval.py --seeds {' '.join(map(str, args.seeds))} --eps "
+        f"{' '.join(settings['linf'])} --l2-eps {' '.join(settings['l2'])} --jobs {args.jobs}"
+        + (f" --extra {' '.join(args.extra)}" if args.extra else "") + "`",
+        "",
+        *lines,
+        "",
+        "PGD-20 minus AutoAttack (points; PGD overstates robustness by this much):",
+        "",
+        *gaps,
+        "",
+        "![PGD-20 against AutoAttack](robust_eval.png)",
+        "",
+        "| target | met | measured |",
+        "|---|---|---|",
+        *[f"| {text} | {'yes' if ok else 'NO'} | {value} |" for text, ok, value in checks],
+        "",
+        "- Seconds per run (training + Linf evaluation, 1 thread each, "
+        + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()) + ").",
+        f"- Machine: {machine()}",
+        "",
+    ])
+    RESULTS.mkdir(exist_ok=True)
+    plot(rows, args.configs, args.eps, RESULTS / "robust_eval.png")
+    write("robust_eval", {"rows": rows, "checks": [{"target": t, "met": ok, "measured": v} for t, ok, v in checks],
+                          "best": best, "machine": machine(), "args": vars(args)}, markdown)
+
+
+if __name__ == "__main__":
+    main()

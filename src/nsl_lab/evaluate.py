@@ -1,0 +1,170 @@
+"""Robust evaluation of a saved model: ``nsl-eval`` and ``scripts/eval.py``.
+
+    nsl-eval outputs/2026-12-03/10-00-00 'eval.attacks=[pgd,autoattack]' 'eval.eps=[0.05,0.1,0.2]'
+    nsl-eval outputs/.../model.pt eval.norm=l2 'eval.eps=[0.5,1.0]' --out l2.json
+
+The run directory's ``config_resolved.yaml`` rebuilds the model and its test split; the weights
+come from ``model.pt`` (or a Lightning checkpoint), read with ``weights_only=True``. Overrides
+(``key=value``, YAML values) change the saved config, most often its ``eval`` block
+(``conf/train.yaml``). Writes ``eval.json`` (flat keys ``test/acc``,
+``test/robust_acc/<attack>/eps=<e>``, ``test/sanity/...`` and the list of ``warnings``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from nsl_lab.attacks.evaluation import RobustEvaluation
+from nsl_lab.batch import Batch
+from nsl_lab.context import run_backbone
+from nsl_lab.errors import ConfigError, NslLabError, check_choice, config_scope, find_error
+from nsl_lab.files import MODEL_FILE, RESOLVED_CONFIG_FILE, write_json
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.json"
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def locate(path: str | Path) -> tuple[Path, Path]:
+    """The run directory (holding ``config_resolved.yaml``) and the weights file of ``path``: a
+    run directory, its ``model.pt``, or a checkpoint inside it (e.g. ``checkpoints/last.ckpt``)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"run={str(path)!r} does not exist; give a run directory, its {MODEL_FILE} or a .ckpt",
+                          "run")
+    weights = path / MODEL_FILE if path.is_dir() else path
+    for folder in [weights.parent, *weights.parent.parents][:3]:
+        if (folder / RESOLVED_CONFIG_FILE).is_file():
+            break
+    else:
+        raise ConfigError(f"run={str(path)!r}: no {RESOLVED_CONFIG_FILE} in it or the two folders above; "
+                          "nsl-eval needs the directory of a finished run", "run")
+    if not weights.is_file():
+        raise ConfigError(f"run={str(path)!r} holds no {MODEL_FILE} (was checkpoint.save_model false?); "
+                          "give a .ckpt instead", "run")
+    return folder, weights
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The backbone's state dict from ``model.pt`` or a Lightning checkpoint (``backbone.``
+    entries of its ``state_dict``), never unpickling code."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a corrupt or foreign file, reported in one line
+        raise ConfigError(f"run={str(path)!r} cannot be read as weights ({type(error).__name__}); "
+                          f"give a {MODEL_FILE} or a .ckpt written by nsl-train", "run") from None
+    if isinstance(payload, dict) and "state_dict" in payload:
+        prefix = "backbone."
+        return {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
+    if not isinstance(payload, dict):
+        raise ConfigError(f"run={str(path)!r} holds a {type(payload).__name__}, not a state dict", "run")
+    return payload
+
+
+def saved_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
+    """The run's resolved config with ``overrides`` (``key=value``) applied."""
+    cfg = OmegaConf.load(run_dir / RESOLVED_CONFIG_FILE)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not key=value, e.g. 'eval.eps=[0.1,0.2]'", "overrides")
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as error:  # noqa: BLE001 - OmegaConf's grammar errors, in one line
+        raise ConfigError(f"overrides {list(overrides)!r} cannot be applied: {error}".splitlines()[0],
+                          "overrides") from None
+
+
+def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,
+             device: Device = "auto", progress: bool | None = None) -> dict[str, float]:
+    """Clean and robust accuracy of a saved run on its test split; writes ``eval.json``.
+
+    Args:
+        run: a run directory, its ``model.pt``, or a checkpoint inside it.
+        overrides: ``key=value`` changes to the saved config (e.g. ``eval.attacks=[autoattack]``).
+        out: where to write the JSON (default ``<run dir>/eval.json``).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        progress: a progress bar over the test batches (default: on a terminal).
+
+    Returns:
+        the metrics written (warnings are logged and written under ``warnings``).
+    """
+    check_choice("device", device, Device)
+    run_dir, weights = locate(run)
+    cfg = saved_config(run_dir, overrides)
+    settings = OmegaConf.to_container(cfg.get("eval") or {}, resolve=True)
+    with config_scope("eval."):  # bad settings fail before any data is loaded
+        evaluation = RobustEvaluation.from_config(**settings)
+    if evaluation is None:
+        raise ConfigError("eval.eps=[] gives nothing to evaluate; e.g. 'eval.eps=[0.05,0.1]'", "eval.eps")
+    state = load_weights(weights)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    with config_scope("data."):
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("test")
+    with config_scope("backbone."):
+        backbone = instantiate(cfg.backbone, in_features=datamodule.num_features, num_classes=datamodule.num_classes)
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as error:
+        raise ConfigError(f"the weights in {str(weights)!r} do not fit the saved backbone: "
+                          f"{str(error).splitlines()[0]}", "run") from None
+    backbone.to(device).eval()
+    evaluation.to(device)
+    loader = datamodule.test_dataloader()
+    show = sys.stderr.isatty() if progress is None else progress
+    for batch in tqdm(loader, desc="nsl-eval", disable=not show, unit="batch"):
+        batch = batch.to(device) if hasattr(batch, "to") else batch
+
+        def predict(x_adv: torch.Tensor, batch: Batch = batch) -> torch.Tensor:
+            with torch.no_grad():
+                return run_backbone(backbone, Batch(x_adv, batch.y, batch.index, batch.lengths, batch.graph)).logits
+
+        evaluation.update(backbone, batch.x, batch.y, predict)
+    metrics = evaluation.compute()
+    result = {"test/acc": evaluation.clean_accuracy(), **metrics}
+    target = Path(out) if out else run_dir / EVAL_FILE
+    write_json(target, {**result, "warnings": list(evaluation.warnings), "weights": str(weights),
+                        "overrides": list(overrides)})
+    log.info("wrote %s", target)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console command ``nsl-eval``."""
+    parser = argparse.ArgumentParser(prog="nsl-eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a run directory, its model.pt, or a checkpoint inside it")
+    parser.add_argument("overrides", nargs="*", help="key=value changes to the saved config, e.g. 'eval.eps=[0.1]'")
+    parser.add_argument("--out", help="output JSON (default <run dir>/eval.json)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="a progress bar over the test batches (default: on a terminal)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        metrics = evaluate(args.run, args.overrides, args.out, args.device, args.progress)
+    except Exception as error:
+        known = find_error(error, NslLabError)
+        if known is None:
+            raise
+        print(f"nsl_lab: error: {known}", file=sys.stderr)
+        sys.exit(2)
+    print("nsl_lab: " + " ".join(f"{k.removeprefix('test/')}={v:.4f}" for k, v in metrics.items()
+                                 if not k.startswith(("test/sanity/", "test/robust_acc/autoattack."))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
