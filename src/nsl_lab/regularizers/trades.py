@@ -13,7 +13,7 @@ from nsl_lab.context import TrainingStep
 from nsl_lab.errors import ConfigError, check_choice, check_range
 from nsl_lab.modules.backbone import Backbone
 from nsl_lab.regularizers.base import Regularizer
-from nsl_lab.regularizers.virtual_adversarial import kl_from_logits
+from nsl_lab.regularizers.virtual_adversarial import embedded_inputs, kl_from_logits
 
 
 @contextlib.contextmanager
@@ -156,11 +156,7 @@ class TRADESRegularizer(Regularizer):
         batch, backbone = step.batch, step.backbone
         if batch.x.shape[0] == 0:
             return None
-        extra = {} if batch.lengths is None else {"lengths": batch.lengths}
-        z = step.embedding
-        if z is None or z.is_sparse or not z.is_floating_point():
-            z = backbone.embed(batch.x)
-            z = z.to_dense() if z.is_sparse else z
+        z, extra = embedded_inputs(step)
         # Train-mode clean logits as the target when the attack runs in train mode too.
         target = None if self.attack_in_eval_mode else step.output.logits
         point = self.adversarial_point(backbone, z, target, extra)

@@ -42,6 +42,18 @@ def finite(values: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(values), values, torch.zeros_like(values))
 
 
+def embedded_inputs(step: TrainingStep) -> tuple[torch.Tensor, dict]:
+    """The batch's dense input embedding ``z`` (the learner's when it has one) and the extra
+    arguments of ``backbone.head`` (token lengths)."""
+    batch = step.batch
+    extra = {} if batch.lengths is None else {"lengths": batch.lengths}
+    z = step.embedding
+    if z is None or z.is_sparse or not z.is_floating_point():
+        z = step.backbone.embed(batch.x)
+        z = z.to_dense() if z.is_sparse else z
+    return z, extra
+
+
 class VirtualAdversarialRegularizer(Regularizer):
     r"""Virtual adversarial training (Miyato, Maeda, Koyama and Ishii 2018, "Virtual
     Adversarial Training: A Regularization Method for Supervised and Semi-Supervised
@@ -171,11 +183,7 @@ class VirtualAdversarialRegularizer(Regularizer):
         batch, backbone = step.batch, step.backbone
         if batch.x.shape[0] == 0:
             return None
-        extra = {} if batch.lengths is None else {"lengths": batch.lengths}
-        z = step.embedding
-        if z is None or z.is_sparse or not z.is_floating_point():
-            z = backbone.embed(batch.x)
-            z = z.to_dense() if z.is_sparse else z
+        z, extra = embedded_inputs(step)
         clean_logits = step.output.logits.detach()
         r_adv = self.perturbation(backbone, z, clean_logits, extra)
         with frozen_batch_norm_statistics(backbone):
