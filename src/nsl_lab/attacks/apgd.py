@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nsl_lab.attacks.steepest_ascent import BallNorm, _per_example, project, random_in_ball, steepest_direction
+from nsl_lab.attacks.steepest_ascent import (
+    BallNorm, _per_example, check_clip, project, random_in_ball, steepest_direction,
+)
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.modules.backbone import as_output
 
@@ -295,12 +297,3 @@ class APGD:
         if self.clip_min is not None or self.clip_max is not None:
             parts.append(f"clip=[{self.clip_min}, {self.clip_max}]")
         return f"APGD({', '.join(parts)})"
-
-
-def check_clip(clip_min: float | None, clip_max: float | None) -> None:
-    """The value range, when both ends are given, must not be empty."""
-    for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
-        if value is not None:
-            check_range(name, value)
-    if clip_min is not None and clip_max is not None and clip_min > clip_max:
-        raise ConfigError(f"clip_min={clip_min!r} must be <= clip_max={clip_max!r}", "clip_min")

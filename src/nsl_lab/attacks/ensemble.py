@@ -11,10 +11,10 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from nsl_lab.attacks.apgd import APGD, check_clip
+from nsl_lab.attacks.apgd import APGD
 from nsl_lab.attacks.gradient import make_attack
 from nsl_lab.attacks.square import Square
-from nsl_lab.attacks.steepest_ascent import BallNorm
+from nsl_lab.attacks.steepest_ascent import BallNorm, check_clip
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.modules.backbone import as_output
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nsl_lab.attacks.apgd import check_clip, logit_margin
-from nsl_lab.attacks.steepest_ascent import TINY, BallNorm, _per_example, project
+from nsl_lab.attacks.apgd import logit_margin
+from nsl_lab.attacks.steepest_ascent import TINY, BallNorm, _per_example, check_clip, project
 from nsl_lab.errors import check_choice, check_integer, check_range
 from nsl_lab.modules.backbone import as_output
 

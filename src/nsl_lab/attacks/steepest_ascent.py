@@ -89,6 +89,18 @@ def random_in_ball(
                       "norm")
 
 
+
+def check_clip(clip_min: float | None, clip_max: float | None,
+               names: tuple[str, str] = ("clip_min", "clip_max")) -> None:
+    """A value range whose ends, when given, are numbers with ``clip_min <= clip_max``;
+    ``names`` are the settings' names in the caller's config."""
+    for name, value in zip(names, (clip_min, clip_max)):
+        if value is not None:
+            check_range(name, value)
+    if clip_min is not None and clip_max is not None and clip_min > clip_max:
+        raise ConfigError(f"{names[0]}={clip_min!r} must be <= {names[1]}={clip_max!r}", names[0])
+
+
 @contextlib.contextmanager
 def frozen_batch_norm_statistics(module: nn.Module) -> Iterator[None]:
     """Batch norm layers keep normalising with batch statistics (in training mode) but leave

@@ -8,9 +8,11 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from nsl_lab.attacks.steepest_ascent import BallNorm, SteepestAscent, frozen_batch_norm_statistics, project
+from nsl_lab.attacks.steepest_ascent import (
+    BallNorm, SteepestAscent, check_clip, frozen_batch_norm_statistics, project,
+)
 from nsl_lab.context import TrainingStep
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import check_choice, check_range
 from nsl_lab.modules.backbone import Backbone
 from nsl_lab.regularizers.base import Regularizer
 from nsl_lab.regularizers.virtual_adversarial import embedded_inputs, kl_from_logits
@@ -104,12 +106,7 @@ class TRADESRegularizer(Regularizer):
         super().__init__(multiplier, warmup_epochs)
         check_choice("norm", norm, BallNorm)
         check_range("epsilon", epsilon, 0.0)
-        for setting, value in (("clip_value_min", clip_value_min), ("clip_value_max", clip_value_max)):
-            if value is not None:
-                check_range(setting, value)
-        if clip_value_min is not None and clip_value_max is not None and clip_value_min > clip_value_max:
-            raise ConfigError(f"clip_value_min={clip_value_min!r} must be <= clip_value_max={clip_value_max!r}",
-                              "clip_value_min")
+        check_clip(clip_value_min, clip_value_max, ("clip_value_min", "clip_value_max"))
         if step_size is None:
             step_size = epsilon / 4
         self.ascent = SteepestAscent(norm=norm, step_size=step_size, steps=steps, epsilon=float(epsilon),

@@ -7,9 +7,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nsl_lab.attacks.steepest_ascent import TINY, BallNorm, frozen_batch_norm_statistics, steepest_direction
+from nsl_lab.attacks.steepest_ascent import (
+    TINY, BallNorm, check_clip, frozen_batch_norm_statistics, steepest_direction,
+)
 from nsl_lab.context import TrainingStep
-from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
+from nsl_lab.errors import check_choice, check_integer, check_range
 from nsl_lab.modules.backbone import Backbone
 from nsl_lab.regularizers.base import Regularizer
 
@@ -141,12 +143,7 @@ class VirtualAdversarialRegularizer(Regularizer):
         self.adv_grad_norm = check_choice("adv_grad_norm", adv_grad_norm, BallNorm)
         self.approx_difference = float(check_range("approx_difference", approx_difference, 0.0, low_inclusive=False))
         self.num_approx = check_integer("num_approx", num_approx, 0)
-        for setting, value in (("clip_value_min", clip_value_min), ("clip_value_max", clip_value_max)):
-            if value is not None:
-                check_range(setting, value)
-        if clip_value_min is not None and clip_value_max is not None and clip_value_min > clip_value_max:
-            raise ConfigError(f"clip_value_min={clip_value_min!r} must be <= clip_value_max={clip_value_max!r}",
-                              "clip_value_min")
+        check_clip(clip_value_min, clip_value_max, ("clip_value_min", "clip_value_max"))
         self.clip_value_min, self.clip_value_max = clip_value_min, clip_value_max
         self.generator = generator
 
