@@ -52,6 +52,7 @@ def test_unknown_dataset_and_missing_files(tmp_path):
         data.setup()
 
 
+@pytest.mark.slow  # a fresh Python process: ~10 s of imports
 def test_processed_graph_loads_again_without_torch_geometric(data_root, cache_dir, tmp_path):
     # torch-geometric's import costs ~0.5 s of each run: once processed, plain tensors are read.
     settings = dict(data_dir=str(data_root), cache_dir=str(cache_dir), label_frac=0.05, seed=3)

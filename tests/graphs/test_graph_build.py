@@ -134,6 +134,7 @@ def test_bad_graph_settings(settings_, message):
         GraphSpec.parse(settings_)
 
 
+@pytest.mark.slow  # a fresh Python process: ~20 s of imports
 def test_build_graph_script_writes_tsv_and_pt(tmp_path):
     x = np.random.default_rng(3).standard_normal((30, 4)).astype(np.float32)
     np.save(tmp_path / "emb.npy", x)

@@ -98,6 +98,7 @@ def test_collect_orders_jobs_numerically(tmp_path):
     assert [j.path.name for j in collect(tmp_path)] == ["1", "2", "10"]
 
 
+@pytest.mark.slow  # a fresh Python process: ~12 s of imports
 def test_report_script_rejects_a_missing_dir(tmp_path):
     completed = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path / "nope")],
                                capture_output=True, text=True)
