@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nsl_lab.attacks.steepest_ascent import (
-    BallNorm, _per_example, check_clip, project, random_in_ball, steepest_direction,
+    BallNorm, _per_example, check_clip, eval_mode, project, random_in_ball, steepest_direction,
 )
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.modules.backbone import as_output
@@ -177,12 +177,8 @@ class APGD:
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ApgdResult:
         """The attack with its per-row outcome (see :class:`ApgdResult`)."""
         x, y = x.detach(), y.detach()
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             return self._perturb(model, x, y)
-        finally:
-            model.train(was_training)
 
     def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> ApgdResult:
         with torch.no_grad():

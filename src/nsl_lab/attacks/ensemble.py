@@ -14,7 +14,7 @@ from torch import nn
 from nsl_lab.attacks.apgd import APGD
 from nsl_lab.attacks.gradient import make_attack
 from nsl_lab.attacks.square import Square
-from nsl_lab.attacks.steepest_ascent import BallNorm, check_clip
+from nsl_lab.attacks.steepest_ascent import BallNorm, check_clip, eval_mode
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.modules.backbone import as_output
 
@@ -156,12 +156,8 @@ class AutoAttack:
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
         """All attacks in sequence, with the accuracies after each (see :class:`AutoAttackResult`)."""
         x, y = x.detach(), y.detach()
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             return self._run(model, x, y)
-        finally:
-            model.train(was_training)
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoAttackResult:
         with torch.no_grad():

@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from nsl_lab.attacks.ensemble import AutoAttack, RobustAttackName, make_robust_attack
-from nsl_lab.attacks.steepest_ascent import Norm
+from nsl_lab.attacks.steepest_ascent import Norm, eval_mode
 from nsl_lab.batch import Batch
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range, config_scope
 from nsl_lab.modules.backbone import as_output
@@ -78,10 +78,8 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[d
     - ``forward_max_diff``: largest difference between two forward passes on the same inputs,
       relative to the logits' scale (dropout left on, randomized defences).
     """
-    was_training = model.training
-    model.eval()
-    try:
-        labeled = y >= 0
+    labeled = y >= 0
+    with eval_mode(model):
         point = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             logits = as_output(model(point)).logits
@@ -89,8 +87,6 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[d
             (grad,) = torch.autograd.grad(loss, point, allow_unused=True) if bool(labeled.any()) else (None,)
         with torch.no_grad():
             again = as_output(model(x)).logits
-    finally:
-        model.train(was_training)
     logits = logits.detach()
     rows = grad[labeled].flatten(1) if grad is not None else torch.zeros(0, 1)
     zero = float((rows.abs().amax(dim=1) == 0).float().mean()) if rows.shape[0] else 0.0

@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nsl_lab.attacks.steepest_ascent import BallNorm, Norm, SteepestAscent, _per_example
+from nsl_lab.attacks.steepest_ascent import BallNorm, Norm, SteepestAscent, _per_example, eval_mode
 from nsl_lab.errors import check_choice, check_integer, check_range
 from nsl_lab.losses import summed_supervised_loss
 from nsl_lab.modules.backbone import as_output
@@ -32,12 +32,8 @@ class GradientAttack:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.epsilon == 0.0:
             return x.detach().clone()
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             delta = self.ascent.perturbation(x, lambda point: attack_loss(model, point, y), generator=self.generator)
-        finally:
-            model.train(was_training)
         # Unlabeled rows have no loss to raise: only the random start would move them.
         delta = delta * _per_example((y >= 0).to(delta.dtype), delta)
         return (x.detach() + delta).detach()

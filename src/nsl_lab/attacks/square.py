@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nsl_lab.attacks.apgd import logit_margin
-from nsl_lab.attacks.steepest_ascent import TINY, BallNorm, _per_example, check_clip, project
+from nsl_lab.attacks.steepest_ascent import TINY, BallNorm, _per_example, check_clip, eval_mode, project
 from nsl_lab.errors import check_choice, check_integer, check_range
 from nsl_lab.modules.backbone import as_output
 
@@ -141,13 +141,8 @@ class Square:
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> SquareResult:
         """The attack with its per-row outcome (see :class:`SquareResult`)."""
         x, y = x.detach(), y.detach()
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return self._perturb(model, x, y)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            return self._perturb(model, x, y)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -102,6 +102,18 @@ def check_clip(clip_min: float | None, clip_max: float | None,
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (dropout off, batch norm on its running statistics) inside the
+    block, its own mode restored after it, whatever happens: how every attack runs a model."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
 def frozen_batch_norm_statistics(module: nn.Module) -> Iterator[None]:
     """Batch norm layers keep normalising with batch statistics (in training mode) but leave
     their running mean / variance and batch counter untouched, so perturbation passes do not
