@@ -3,13 +3,17 @@
     python benchmarks/imdb_label_frac.py                         # base vs NSL-faithful graph loss
     python benchmarks/imdb_label_frac.py --configs base propagated --steps 2400 --name imdb_propagated
     python benchmarks/imdb_label_frac.py --fractions 0.01 1.0 --steps 100 --jobs 1
+    python benchmarks/imdb_label_frac.py --configs vat propagated_vat --fractions 0.01 1.0 --steps 2400 \
+        --skip-graph-timing --name imdb_vat
 
 Configs: ``base`` (``experiment=imdb_label_frac regularizer=none``), ``graph_nsl`` (the same with
 NSL's pairwise graph loss on a top-10 TF-IDF + SVD 256 graph), ``propagated``
 (``experiment=imdb_propagated``: labels propagated over a word-vector graph train every review)
 and two variants of it: ``propagated_aligned`` (class shares aligned with the labeled reviews')
-and ``propagated_feature_graph`` (from epoch 4 on, labels propagated again each epoch over the
-graph joined with the network's own kNN graph).
+``propagated_feature_graph`` (from epoch 4 on, labels propagated again each epoch over the
+graph joined with the network's own kNN graph), ``vat`` (``experiment=imdb_vat``: virtual
+adversarial training on the word embeddings of every training review) and ``propagated_vat``
+(``experiment=imdb_propagated_vat``: both).
 Each run: each review's last 160 tokens, BiLSTM 2 x 32, a fixed budget of optimizer steps, one
 thread; test accuracy on the 25,000 test reviews. The default graph's build time and peak
 memory are measured first, in a subprocess.
@@ -38,6 +42,8 @@ CONFIGS = {
                            ["experiment=imdb_propagated", "regularizer.propagated.align_to_prior=true"]),
     "propagated_feature_graph": ("propagated, + feature graph from epoch 4 (Iscen et al.)",
                                  ["experiment=imdb_propagated", "regularizer.propagated.feature_graph_from_epoch=4"]),
+    "vat": ("VAT on word embeddings (experiment=imdb_vat)", ["experiment=imdb_vat"]),
+    "propagated_vat": ("propagated labels + VAT (experiment=imdb_propagated_vat)", ["experiment=imdb_propagated_vat"]),
 }
 TARGETS = {"1.0": "base >= 86", "0.01": "graph >= base + 10"}
 FRACTIONS = ["0.01", "0.02", "0.05", "0.1", "1.0"]

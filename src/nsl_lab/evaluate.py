@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 from typing import Literal, Sequence
 
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from tqdm import tqdm
 
 from nsl_lab.attacks.evaluation import RobustEvaluation
@@ -83,6 +85,35 @@ def saved_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
                           "overrides") from None
 
 
+def resolve_device(device: Device) -> str:
+    """``cpu`` or ``cuda`` (``auto``: CUDA when available)."""
+    check_choice("device", device, Device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_run(run_dir: Path, weights: Path, cfg: DictConfig,
+             device: Device = "auto") -> tuple[nn.Module, pl.LightningDataModule]:
+    """The saved run's backbone (weights loaded, in eval mode, on ``device``) and its
+    datamodule, set up for the test stage, both rebuilt from ``cfg`` (see :func:`locate` and
+    :func:`saved_config`): the pieces ``evaluate`` uses, for scripts that attack a saved model
+    with other tools (e.g. ``benchmarks/autoattack_vs_torchattacks.py``)."""
+    device = resolve_device(device)
+    state = load_weights(weights)
+    with config_scope("data."):
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("test")
+    with config_scope("backbone."):
+        backbone = instantiate(cfg.backbone, in_features=datamodule.num_features, num_classes=datamodule.num_classes)
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as error:
+        raise ConfigError(f"the weights in {str(weights)!r} do not fit the saved backbone: "
+                          f"{str(error).splitlines()[0]}", "run") from None
+    return backbone.to(device).eval(), datamodule
+
+
 def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,
              device: Device = "auto", progress: bool | None = None) -> dict[str, float]:
     """Clean and robust accuracy of a saved run on its test split; writes ``eval.json``.
@@ -97,7 +128,7 @@ def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | N
     Returns:
         the metrics written (warnings are logged and written under ``warnings``).
     """
-    check_choice("device", device, Device)
+    device = resolve_device(device)
     run_dir, weights = locate(run)
     cfg = saved_config(run_dir, overrides)
     settings = OmegaConf.to_container(cfg.get("eval") or {}, resolve=True)
@@ -105,23 +136,10 @@ def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | N
         evaluation = RobustEvaluation.from_config(**settings)
     if evaluation is None:
         raise ConfigError("eval.eps=[] gives nothing to evaluate; e.g. 'eval.eps=[0.05,0.1]'", "eval.eps")
-    state = load_weights(weights)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     torch.manual_seed(int(cfg.get("seed", 0)))
-    with config_scope("data."):
-        datamodule = instantiate(cfg.data)
-        datamodule.setup("test")
-    with config_scope("backbone."):
-        backbone = instantiate(cfg.backbone, in_features=datamodule.num_features, num_classes=datamodule.num_classes)
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"the weights in {str(weights)!r} do not fit the saved backbone: "
-                          f"{str(error).splitlines()[0]}", "run") from None
-    backbone.to(device).eval()
+    backbone, datamodule = load_run(run_dir, weights, cfg, device)
     evaluation.to(device)
     loader = datamodule.test_dataloader()
     show = sys.stderr.isatty() if progress is None else progress
