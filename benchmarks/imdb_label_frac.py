@@ -137,7 +137,7 @@ def report(rows: list[dict], graph: dict | None, args: argparse.Namespace, machi
     def cell(config: str, fraction: str) -> dict | None:
         return next((r for r in rows if r["config"] == config and r["label_frac"] == fraction), None)
 
-    base, others = args.configs[0], args.configs[1:]
+    others = args.configs[1:]
     titles = [CONFIGS[name][0] for name in args.configs]
     lines = [
         "| label_frac | labeled reviews | " + " | ".join(titles) + " | " +

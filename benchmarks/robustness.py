@@ -157,7 +157,7 @@ def main() -> None:
         return 100 * summary[name][str(float(eps))]["mean"]
 
     checks = [
-        (f"FGSM-regularized clean accuracy within 1.5 points of base", at(fgsm, 0) >= at(base, 0) - 1.5,
+        ("FGSM-regularized clean accuracy within 1.5 points of base", at(fgsm, 0) >= at(base, 0) - 1.5,
          f"{at(fgsm, 0):.1f} vs {at(base, 0):.1f}"),
         (f"PGD-{PGD_STEPS}-regularized clean accuracy within 1.5 points of base", at(pgd, 0) >= at(base, 0) - 1.5,
          f"{at(pgd, 0):.1f} vs {at(base, 0):.1f}"),

@@ -2,7 +2,6 @@
 property tests (ball, box, unlabeled rows, modes, seeds)."""
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -10,55 +9,7 @@ from torch import nn
 from nsl_lab.attacks import APGD, PGD
 from nsl_lab.attacks.apgd import checkpoints, dlr_loss, logit_margin
 from nsl_lab.errors import ConfigError
-
-# w_0 - w_1 = [0.8, -3, 1.5, 3]: L1 norm 8.3, L2 norm sqrt(20.89)
-WEIGHT = [[1.0, -2.0, 0.5, 3.0], [0.2, 1.0, -1.0, 0.0]]
-# (w_0 - w_1) x = 2.3, -3, 1.6, -3.05, 2.1: margins 2.3, 3, 1.6, 3.05, 2.1 (classes 0, 1, 0, 1, 0)
-ROWS = [[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.4, 0.2], [-1.0, 0.5, -0.5, 0.0], [0.0, 0.0, 1.0, 0.2]]
-
-
-def linear_model(weight=WEIGHT) -> nn.Linear:
-    model = nn.Linear(len(weight[0]), len(weight), bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor(weight))
-    return model
-
-
-def two_class_problem():
-    model = linear_model()
-    x = torch.tensor(ROWS)
-    with torch.no_grad():
-        y = model(x).argmax(dim=1)
-    direction = model.weight[y] - model.weight[1 - y]  # w_y - w_other, per row
-    return model, x, y, direction.detach()
-
-
-def margins(model, x, y):
-    with torch.no_grad():
-        return logit_margin(model(x), y)
-
-
-def trained_mlp(seed=0, n=400):
-    """A small MLP fit (300 full-batch Adam steps) to four overlapping Gaussian blobs in 10-D."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(4, 10, generator=g) * 0.8
-    y = torch.randint(0, 4, (n,), generator=g)
-    x = centers[y] + torch.randn(n, 10, generator=g)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    model.zero_grad(set_to_none=True)
-    return model, x, y
-
-
-def accuracy(model, x, y):
-    with torch.no_grad():
-        return (model(x).argmax(dim=1) == y).float().mean().item()
-
+from toy_problems import accuracy, assert_in_ball, linear_model, margins, modes_under_attack, trained_mlp, two_class_problem, worst_case
 
 # -- schedules and losses by hand -------------------------------------------------------------
 
@@ -94,35 +45,28 @@ def test_logit_margin_and_dlr_by_hand():
 
 def test_linf_optimum_of_a_linear_model():
     model, x, y, direction = two_class_problem()
-    eps = 0.1
-    # The margin (w_y - w_o) . x' is minimised over the cube at x - eps sign(w_y - w_o):
-    # margin - eps ||w_y - w_o||_1 = margin - 0.83; all rows stay correct there.
-    optimum = margins(model, x, y) - eps * direction.abs().sum(dim=1)
-    assert (optimum > 0).all()
-    result = APGD(eps, "linf", steps=100, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
+    optimum, point = worst_case(x, y, direction, 0.1, "linf")
+    assert (optimum > 0).all()  # all rows stay correct there
+    result = APGD(0.1, "linf", steps=100, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
     assert not result.fooled.any()
     assert torch.allclose(margins(model, result.x_adv, y), optimum, atol=1e-4)
-    assert torch.allclose(result.x_adv, x - eps * direction.sign(), atol=1e-6)
+    assert torch.allclose(result.x_adv, point, atol=1e-6)
 
 
 def test_l2_optimum_of_a_linear_model():
     model, x, y, direction = two_class_problem()
-    eps = 0.2
-    # Over the L2 ball the minimiser is x - eps (w_y - w_o) / ||w_y - w_o||_2.
-    unit = direction / direction.norm(dim=1, keepdim=True)
-    optimum = margins(model, x, y) - eps * direction.norm(dim=1)
+    optimum, point = worst_case(x, y, direction, 0.2, "l2")
     assert (optimum > 0).all()
-    result = APGD(eps, "l2", steps=100, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
+    result = APGD(0.2, "l2", steps=100, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
     assert torch.allclose(margins(model, result.x_adv, y), optimum, atol=1e-4)
-    assert torch.allclose(result.x_adv, x - eps * unit, atol=1e-4)
+    assert torch.allclose(result.x_adv, point, atol=1e-4)
 
 
 def test_rows_that_can_be_fooled_are_and_fooled_matches_the_model():
     model, x, y, direction = two_class_problem()
     eps = 0.3  # 0.3 * 8.3 = 2.49 > the margins 2.3, 1.6 and 2.1 of rows 0, 2, 4
     result = APGD(eps, "linf", steps=50, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
-    optimum = margins(model, x, y) - eps * direction.abs().sum(dim=1)
-    assert torch.equal(result.fooled, optimum < 0)
+    assert torch.equal(result.fooled, worst_case(x, y, direction, eps, "linf")[0] < 0)
     with torch.no_grad():
         assert torch.equal(result.fooled, model(result.x_adv).argmax(dim=1) != y)
 
@@ -181,38 +125,15 @@ def test_stays_in_ball_and_box_and_leaves_unlabeled_rows(rows, shape, eps, norm,
     result = attack.perturb(model, x, y)
     x_adv = result.x_adv
     assert x_adv.shape == x.shape and not x_adv.requires_grad
-    delta = (x_adv - x).flatten(1)
-    if norm == "linf":
-        assert (delta.abs().amax(dim=1) <= eps + 1e-6).all()
-    else:
-        assert (delta.norm(dim=1) <= eps * (1 + 1e-5) + 1e-6).all()
-    if clip:
-        assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
-    assert torch.equal(x_adv[mask], x[mask])
+    assert_in_ball(x_adv, x, eps, norm, clip, unchanged=mask)
     assert not result.fooled[mask].any()
     assert all(p.grad is None for p in model.parameters())
 
 
-class ModeRecorder(nn.Module):
-    """Identity that records whether it ran in training mode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[bool] = []
-
-    def forward(self, x):
-        self.seen.append(self.training)
-        return x
-
-
 @pytest.mark.parametrize("training", [True, False])
 def test_model_mode_is_restored_and_attacked_in_eval(training):
-    recorder = ModeRecorder()
-    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), recorder, nn.Linear(8, 3))
-    model.train(training)
-    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
-    APGD(0.3, steps=5, generator=torch.Generator().manual_seed(0))(model, x, y)
-    assert recorder.seen and not any(recorder.seen)
+    model, seen = modes_under_attack(APGD(0.3, steps=5, generator=torch.Generator().manual_seed(0)), training)
+    assert seen and not any(seen)
     assert all(m.training == training for m in model.modules())
 
 

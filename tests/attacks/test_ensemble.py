@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -12,34 +11,12 @@ import nsl_lab.attacks as attacks_package
 from nsl_lab.attacks import APGD, FGSM, PGD, AutoAttack, Square, make_robust_attack
 from nsl_lab.attacks.ensemble import AutoAttackResult
 from nsl_lab.errors import ConfigError
-
-
-def trained_mlp(seed=0, n=200):
-    """A small MLP fit (200 full-batch Adam steps) to four overlapping Gaussian blobs in 10-D."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(4, 10, generator=g) * 0.8
-    y = torch.randint(0, 4, (n,), generator=g)
-    x = centers[y] + torch.randn(n, 10, generator=g)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    model.zero_grad(set_to_none=True)
-    return model, x, y
-
-
-def accuracy(model, x, y):
-    labeled = y >= 0
-    with torch.no_grad():
-        return int((model(x).argmax(dim=1) == y)[labeled].sum()) / int(labeled.sum())
+from toy_problems import accuracy, assert_in_ball, modes_under_attack, trained_mlp
 
 
 @pytest.fixture(scope="module")
 def problem():
-    model, x, y = trained_mlp()
+    model, x, y = trained_mlp(n=200, steps=200)
     y = y.clone()
     y[:10] = -1  # unlabeled rows: never attacked, never counted
     return model, x, y
@@ -172,14 +149,7 @@ def test_property_ball_box_unlabeled(rows, eps, norm, clip, unlabeled, seed):
     attack = AutoAttack(eps, norm, version="fast", clip_min=0.0 if clip else None, clip_max=1.0 if clip else None,
                         seed=seed, attacks=["apgd-t", "square"] if seed % 2 else None)
     result = attack.run(model, x, y)
-    delta = (result.x_adv - x).flatten(1)
-    if norm == "linf":
-        assert (delta.abs().amax(dim=1) <= eps + 1e-6).all()
-    else:
-        assert (delta.norm(dim=1) <= eps * (1 + 1e-5) + 1e-6).all()
-    if clip:
-        assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
-    assert torch.equal(result.x_adv[mask], x[mask])
+    assert_in_ball(result.x_adv, x, eps, norm, clip, unchanged=mask)
     assert not result.correct[mask].any()
     values = [result.clean, *result.per_attack.values()]
     if not mask.all():
@@ -187,25 +157,10 @@ def test_property_ball_box_unlabeled(rows, eps, norm, clip, unlabeled, seed):
         assert result.robust == pytest.approx(accuracy(model, result.x_adv, y))
 
 
-class ModeRecorder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[bool] = []
-
-    def forward(self, x):
-        self.seen.append(self.training)
-        return x
-
-
 @pytest.mark.parametrize("training", [True, False])
 def test_model_mode_is_restored_and_attacked_in_eval(training):
-    recorder = ModeRecorder()
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), recorder, nn.Linear(8, 4))
-    model.train(training)
-    x, y = torch.randn(6, 4), torch.randint(0, 4, (6,))
-    AutoAttack(0.3, version="fast", attacks=["apgd-ce", "square"])(model, x, y)
-    assert recorder.seen and not any(recorder.seen)
+    model, seen = modes_under_attack(lambda *args: AutoAttack(0.3, version="fast", attacks=["apgd-ce", "square"])(*args), training, classes=4)
+    assert seen and not any(seen)
     assert all(m.training == training for m in model.modules())
 
 
@@ -229,10 +184,7 @@ def test_make_robust_attack_builds_each_attack(problem, name, settings, kind, no
     if name == "apgd-t":
         assert attack.loss == "dlr" and attack.targeted and attack.n_target_classes == 2
     x_adv = attack(model, x[:20], y[:20])
-    delta = (x_adv - x[:20]).flatten(1)
-    length = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
-    assert (length <= 0.2 * (1 + 1e-5) + 1e-6).all()
-    assert torch.equal(x_adv[:10], x[:10])  # unlabeled rows
+    assert_in_ball(x_adv, x[:20], 0.2, norm, unchanged=y[:20] < 0)  # unlabeled rows stay
     assert accuracy(model, x_adv, y[:20]) <= accuracy(model, x[:20], y[:20])
 
 

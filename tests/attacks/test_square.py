@@ -2,21 +2,14 @@
 gradients, early stopping, and property tests (ball, box, unlabeled rows, modes, seeds)."""
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from nsl_lab.attacks import Square
-from nsl_lab.attacks.apgd import logit_margin
 from nsl_lab.attacks.square import layout, p_schedule, window_size
 from nsl_lab.errors import ConfigError
-
-# w_0 - w_1 = [0.8, -3, 1.5, 3]: L1 norm 8.3, L2 norm sqrt(20.89)
-WEIGHT = [[1.0, -2.0, 0.5, 3.0], [0.2, 1.0, -1.0, 0.0]]
-# margins 2.3, 3, 1.6, 3.05, 2.1 (classes 0, 1, 0, 1, 0)
-ROWS = [[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.4, 0.2], [-1.0, 0.5, -0.5, 0.0], [0.0, 0.0, 1.0, 0.2]]
-
+from toy_problems import accuracy, assert_in_ball, margins, modes_under_attack, trained_mlp, two_class_problem, worst_case
 
 class NoGradients(nn.Module):
     """Wraps a model, fails if it is ever run with gradients enabled, and counts its calls."""
@@ -33,20 +26,10 @@ class NoGradients(nn.Module):
         return self.model(x)
 
 
-def two_class_problem():
-    model = nn.Linear(4, 2, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor(WEIGHT))
-    x = torch.tensor(ROWS)
-    with torch.no_grad():
-        y = model(x).argmax(dim=1)
-    direction = (model.weight[y] - model.weight[1 - y]).detach()
+def ungraded_problem():
+    """:func:`toy_problems.two_class_problem` behind :class:`NoGradients`."""
+    model, x, y, direction = two_class_problem()
     return NoGradients(model), x, y, direction
-
-
-def margins(model, x, y):
-    with torch.no_grad():
-        return logit_margin(model(x), y)
 
 
 def small_cnn(seed=0, classes=5):
@@ -85,23 +68,21 @@ def test_window_sizes_and_layouts_by_hand():
 # -- closed forms on a linear model, without gradients ------------------------------------------
 
 def test_linf_reaches_the_optimum_of_a_linear_model_without_gradients():
-    model, x, y, direction = two_class_problem()
-    eps = 0.1
-    # Minimiser over the cube: x - eps sign(w_y - w_o), margin - 0.83 > 0 for every row.
-    optimum = margins(model, x, y) - eps * direction.abs().sum(dim=1)
+    model, x, y, direction = ungraded_problem()
+    optimum, point = worst_case(x, y, direction, 0.1, "linf")
     assert (optimum > 0).all()
-    result = Square(eps, "linf", n_queries=500, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
+    result = Square(0.1, "linf", n_queries=500, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
     assert not result.fooled.any()
     assert torch.allclose(margins(model, result.x_adv, y), optimum, atol=1e-3)
-    assert torch.allclose(result.x_adv, x - eps * direction.sign(), atol=1e-6)
+    assert torch.allclose(result.x_adv, point, atol=1e-6)
     # Every row is queried once clean, then n_queries times (the initial point included).
     assert (result.queries == 500).all()
 
 
 def test_l2_approaches_the_optimum_of_a_linear_model():
-    model, x, y, direction = two_class_problem()
+    model, x, y, direction = ungraded_problem()
     eps = 0.2
-    optimum = margins(model, x, y) - eps * direction.norm(dim=1)
+    optimum, _ = worst_case(x, y, direction, eps, "l2")
     result = Square(eps, "l2", n_queries=600, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
     found = margins(model, result.x_adv, y)
     assert (found >= optimum - 1e-5).all()  # nothing beats the closed form
@@ -110,10 +91,10 @@ def test_l2_approaches_the_optimum_of_a_linear_model():
 
 
 def test_fooled_rows_stop_being_queried_and_the_attack_stops_early():
-    model, x, y, direction = two_class_problem()
+    model, x, y, direction = ungraded_problem()
     eps = 0.3  # 0.3 * 8.3 = 2.49 > the margins 2.3, 1.6 and 2.1 of rows 0, 2, 4
     result = Square(eps, "linf", n_queries=400, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
-    can_be_fooled = margins(model, x, y) - eps * direction.abs().sum(dim=1) < 0
+    can_be_fooled = worst_case(x, y, direction, eps, "linf")[0] < 0
     assert torch.equal(result.fooled, can_be_fooled)
     assert torch.equal(result.fooled, margins(model, result.x_adv, y) < 0)
     assert (result.queries[result.fooled] < 400).all() and (result.queries[~result.fooled] == 400).all()
@@ -124,7 +105,7 @@ def test_fooled_rows_stop_being_queried_and_the_attack_stops_early():
 
 
 def test_rows_wrong_unlabeled_or_zero_eps_are_not_queried():
-    model, x, y, _ = two_class_problem()
+    model, x, y, _ = ungraded_problem()
     labels = y.clone()
     labels[0], labels[1] = 1 - y[0], -1
     model.rows = 0
@@ -155,25 +136,12 @@ def test_linf_on_images_stays_on_the_cube_vertices_and_lowers_the_margin():
 
 
 def test_square_lowers_the_accuracy_of_a_trained_mlp():
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(4, 10, generator=g) * 0.8
-    y = torch.randint(0, 4, (200,), generator=g)
-    x = centers[y] + torch.randn(200, 10, generator=g)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    model.zero_grad(set_to_none=True)
+    model, x, y = trained_mlp(n=200, steps=200)
     result = Square(0.2, n_queries=300, generator=torch.Generator().manual_seed(0)).perturb(model, x, y)
-    with torch.no_grad():
-        clean = (model(x).argmax(dim=1) == y).float().mean()
-        robust = (model(result.x_adv).argmax(dim=1) == y).float().mean()
-    assert robust < clean - 0.1
+    robust = accuracy(model, result.x_adv, y)
+    assert robust < accuracy(model, x, y) - 0.1
     # fooled counts the rows wrong on the clean input too: robust accuracy is its complement.
-    assert robust.item() == pytest.approx(1 - result.fooled.float().mean().item())
+    assert robust == pytest.approx(1 - result.fooled.float().mean().item())
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -196,37 +164,15 @@ def test_stays_in_ball_and_box_and_leaves_unlabeled_rows(rows, shape, eps, norm,
     result = attack.perturb(model, x, y)
     x_adv = result.x_adv
     assert x_adv.shape == x.shape and not x_adv.requires_grad
-    delta = (x_adv - x).flatten(1)
-    if norm == "linf":
-        assert (delta.abs().amax(dim=1) <= eps + 1e-6).all()
-    else:
-        assert (delta.norm(dim=1) <= eps * (1 + 1e-5) + 1e-6).all()
-    if clip:
-        assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
-    assert torch.equal(x_adv[mask], x[mask])
+    assert_in_ball(x_adv, x, eps, norm, clip, unchanged=mask)
     assert not result.fooled[mask].any() and (result.queries[mask] == 0).all()
     assert (result.queries <= 15).all()
 
 
-class ModeRecorder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[bool] = []
-
-    def forward(self, x):
-        self.seen.append(self.training)
-        return x
-
-
 @pytest.mark.parametrize("training", [True, False])
 def test_model_mode_is_restored_and_attacked_in_eval(training):
-    recorder = ModeRecorder()
-    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), recorder, nn.Linear(8, 3))
-    model.train(training)
-    torch.manual_seed(0)
-    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
-    Square(0.3, n_queries=10, generator=torch.Generator().manual_seed(0))(model, x, y)
-    assert recorder.seen and not any(recorder.seen)
+    model, seen = modes_under_attack(Square(0.3, n_queries=10, generator=torch.Generator().manual_seed(0)), training)
+    assert seen and not any(seen)
     assert all(m.training == training for m in model.modules())
 
 

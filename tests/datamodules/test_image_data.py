@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nsl_lab.datamodules import Cifar10DataModule, DigitsDataModule
+from nsl_lab.datamodules import Cifar10DataModule, DigitsDataModule, DigitsGraphDataModule
 from nsl_lab.datamodules.images import random_crop, random_flip, read_cifar10_python_batch
 from nsl_lab.errors import ConfigError
 
@@ -116,3 +116,38 @@ def test_random_crop_is_a_shifted_window_and_flip_mirrors():
     for i in range(2):
         assert torch.equal(flipped[i], images[i]) or torch.equal(flipped[i], images[i].flip(-1))
     assert torch.equal(random_crop(images, 0), images)
+
+
+def test_digits_graph_keeps_the_digits_test_images_out_of_its_knn_graph(tmp_path):
+    images = DigitsDataModule()
+    images.setup()
+    data = DigitsGraphDataModule(cache_dir=str(tmp_path), label_frac=0.01, include_unlabeled=True,
+                                 labeled_per_batch=4, batch_size=16)
+    data.setup()
+    test = data.rows["test"]
+    # The same 360 test images as data=digits, in the same order, as the last rows.
+    assert torch.equal(data.samples.x[test], images._stages["test"][0])
+    assert torch.equal(data.y_test[test], images._stages["test"][1])
+    assert torch.equal(test, torch.arange(1797 - 360, 1797))
+    # 1% of each class's ~130 training images: one label per class.
+    assert data.n_labeled == 10 and set(data.y_train[data.labeled_index].tolist()) == set(range(10))
+    graph = data.graph
+    assert graph.num_nodes == 1797 and graph.num_edges > 0
+    source, target = graph.edge_index()
+    assert int(torch.cat([source, target]).max()) < 1797 - 360  # no test image is in the graph
+    # An image's top-10 neighbours by cosine over pixels are mostly of its own class.
+    y = data.samples.y
+    assert (y[source] == y[target]).float().mean() > 0.9
+    batch = next(iter(data.train_dataloader()))
+    assert batch.x.shape == (20, 1, 8, 8) and (batch.y[-4:] >= 0).all()
+    assert not set(batch.index.tolist()) & set(test.tolist())
+    assert DigitsGraphDataModule.input_kind == "images" and data.num_features == 1
+
+
+@pytest.mark.parametrize("graph, message", [
+    ({"kind": "tsv", "path": "edges.tsv"}, "allowed: 'none', 'knn'"),
+    ({"kind": "knn", "embedding": "tfidf_svd"}, "allowed: 'pixels', 'pca'"),
+])
+def test_digits_graph_rejects_graphs_it_cannot_build(graph, message):
+    with pytest.raises(ConfigError, match=message):
+        DigitsGraphDataModule(graph=graph)

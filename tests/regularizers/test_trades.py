@@ -9,24 +9,9 @@ from torch import nn
 from nsl_lab import Backbone, Batch, Output, StructuredLearner
 from nsl_lab.compose import compose_config
 from nsl_lab.errors import ConfigError, config_scope
-from nsl_lab.regularizers import TRADESRegularizer, TrainingStep
+from nsl_lab.regularizers import TRADESRegularizer
 from nsl_lab.run import build_regularizers
-
-
-class Linear(Backbone):
-    """Logits = W x (no bias); records the mode of every forward pass."""
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__()
-        self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False).to(weight.dtype)
-        with torch.no_grad():
-            self.linear.weight.copy_(weight)
-        self.in_features, self.num_classes, self.modes = weight.shape[1], weight.shape[0], []
-
-    def head(self, z, **_):
-        self.modes.append(self.training)
-        logits = self.linear(z)
-        return Output(logits, logits)
+from toy_problems import LinearBackbone, hand_kl, step_of
 
 
 class Net(Backbone):
@@ -49,20 +34,10 @@ W = torch.tensor([[2.0, -1.0, 0.5, 1.0], [-1.0, 1.5, 0.0, -0.5], [0.3, 0.2, -2.0
 X = torch.tensor([[0.2, 0.5, 0.7, 0.1], [0.9, 0.4, 0.3, 0.6], [0.5, 0.5, 0.5, 0.5]], dtype=torch.float64)
 
 
-def step_of(backbone, x, y):
-    batch = Batch(x=x, y=y, index=torch.arange(len(y)))
-    return TrainingStep(batch, backbone(x), backbone, num_classes=backbone.num_classes)
-
-
-def hand_kl(clean_logits, logits):
-    p, q = clean_logits.softmax(-1), logits.softmax(-1)
-    return (p * (p.log() - q.log())).sum(-1)
-
-
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_loss_is_the_batchmean_kl_at_the_returned_point(norm):
     regularizer = TRADESRegularizer(epsilon=0.2, steps=5, norm=norm)
-    backbone = Linear(W)
+    backbone = LinearBackbone(W)
     step = step_of(backbone, X, torch.tensor([0, -1, -1]))
     torch.manual_seed(3)
     x_adv = regularizer.adversarial_point(backbone, X)
@@ -78,7 +53,7 @@ def test_two_class_linear_model_ends_on_the_vertex_along_the_weight_difference()
     # maximiser is +-eps sign(w1 - w2), and sign ascent from a tiny start walks straight there.
     weight = W[:2]
     regularizer = TRADESRegularizer(epsilon=0.1, steps=10)  # step 0.025: the vertex after 4 steps
-    backbone = Linear(weight)
+    backbone = LinearBackbone(weight)
     x_adv = regularizer.adversarial_point(backbone, X)
     vertex = 0.1 * (weight[0] - weight[1]).sign()
     delta = x_adv - X
@@ -91,14 +66,14 @@ def test_adversarial_point_stays_in_the_ball_and_the_box():
     for norm, size in (("linf", lambda d: d.abs().amax(1)), ("l2", lambda d: d.norm(dim=1))):
         regularizer = TRADESRegularizer(epsilon=0.3, step_size=0.2, steps=7, norm=norm,
                                         clip_value_min=0.0, clip_value_max=1.0)
-        x_adv = regularizer.adversarial_point(Linear(W), x)
+        x_adv = regularizer.adversarial_point(LinearBackbone(W), x)
         assert (size(x_adv - x) <= 0.3 + 1e-9).all()
         assert (x_adv >= 0).all() and (x_adv <= 1).all()
 
 
 def test_ascent_increases_the_kl_over_the_random_start():
     regularizer = TRADESRegularizer(epsilon=0.3, steps=10)
-    backbone = Linear(W)
+    backbone = LinearBackbone(W)
     torch.manual_seed(0)
     start = X + 0.001 * torch.randn(X.shape, dtype=X.dtype)
     torch.manual_seed(0)
@@ -107,11 +82,11 @@ def test_ascent_increases_the_kl_over_the_random_start():
 
 
 def test_gradient_flows_through_both_the_clean_and_the_adversarial_prediction():
-    backbone = Linear(W.clone())
+    backbone = LinearBackbone(W.clone())
     learner = StructuredLearner(backbone, [TRADESRegularizer(multiplier=6.0, epsilon=0.2, steps=3)])
     learner.log = lambda *args, **kwargs: None
     y = torch.tensor([0, 2, -1])
-    copy = Linear(W)  # built before seeding: nn.Linear's initialisation draws from the global generator
+    copy = LinearBackbone(W)  # built before seeding: nn.Linear's initialisation draws from the global generator
     torch.manual_seed(4)
     x_adv = TRADESRegularizer(epsilon=0.2, steps=3).adversarial_point(copy, X)
     torch.manual_seed(4)
@@ -124,7 +99,7 @@ def test_gradient_flows_through_both_the_clean_and_the_adversarial_prediction():
 
 
 def test_unlabeled_rows_alone_give_a_loss():
-    backbone = Linear(W.float())
+    backbone = LinearBackbone(W.float())
     learner = StructuredLearner(backbone, [TRADESRegularizer(epsilon=0.2)])
     learner.log = lambda *args, **kwargs: None
     loss = learner.training_step(Batch(x=X.float(), y=torch.full((3,), -1), index=torch.arange(3)), 0)
@@ -153,7 +128,7 @@ def test_attack_runs_in_eval_mode_and_every_mode_is_restored():
 
 
 def test_attack_in_train_mode_targets_the_clean_training_output():
-    backbone = Linear(W)
+    backbone = LinearBackbone(W)
     regularizer = TRADESRegularizer(epsilon=0.2, steps=2, attack_in_eval_mode=False)
     step = step_of(backbone, X, torch.tensor([0, 1, 2]))
     backbone.modes.clear()
@@ -190,7 +165,7 @@ def test_kl_is_nonnegative_and_the_point_stays_within_epsilon(seed, eps, steps, 
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(3, 5, generator=generator, dtype=torch.float64) * 3
     x = torch.rand(4, 5, generator=generator, dtype=torch.float64)
-    backbone = Linear(weight)
+    backbone = LinearBackbone(weight)
     regularizer = TRADESRegularizer(epsilon=eps, steps=steps, norm=norm, generator=generator,
                                     clip_value_min=0.0 if clip else None, clip_value_max=1.0 if clip else None)
     x_adv = regularizer.adversarial_point(backbone, x)

@@ -12,21 +12,7 @@ from nsl_lab.compose import compose_config
 from nsl_lab.errors import ConfigError
 from nsl_lab.regularizers import TrainingStep, VirtualAdversarialRegularizer
 from nsl_lab.run import build_regularizers
-
-
-class Linear(Backbone):
-    """Logits = W z (no bias); ``embed`` is the identity."""
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__()
-        self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False).to(weight.dtype)
-        with torch.no_grad():
-            self.linear.weight.copy_(weight)
-        self.in_features, self.num_classes = weight.shape[1], weight.shape[0]
-
-    def head(self, z, **_):
-        logits = self.linear(z)
-        return Output(logits, logits)
+from toy_problems import LinearBackbone, hand_kl, step_of
 
 
 class TokenBag(Backbone):
@@ -68,16 +54,6 @@ W = torch.tensor([[3.0, 1.0, 0.0, -1.0], [-2.0, -1.0, 0.5, 1.5], [0.4, 0.6, 2.4,
 Z = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, -0.3, 0.0, 0.2], [-0.2, 0.1, 0.9, -0.4]], dtype=torch.float64)
 
 
-def step_of(backbone, x, y):
-    batch = Batch(x=x, y=y, index=torch.arange(len(y)))
-    return TrainingStep(batch, backbone(x), backbone, num_classes=backbone.num_classes)
-
-
-def hand_kl(clean_logits, logits):
-    p, q = clean_logits.softmax(-1), logits.softmax(-1)
-    return (p * (p.log() - q.log())).sum(-1)
-
-
 def hessians(weight, z):
     """Per example, the Hessian of r -> KL(p(z) || p(z + r)) at r = 0: W^T (diag p - p p^T) W."""
     p = (z @ weight.T).softmax(-1)
@@ -85,7 +61,7 @@ def hessians(weight, z):
 
 
 def test_power_iteration_converges_to_the_top_eigenvector_of_the_kl_hessian():
-    backbone = Linear(W)
+    backbone = LinearBackbone(W)
     eigenvalues, eigenvectors = torch.linalg.eigh(hessians(W, Z))
     assert (eigenvalues[:, -2] / eigenvalues[:, -1] < 0.5).all()  # the gap the test relies on
     top = eigenvectors[:, :, -1]
@@ -104,7 +80,7 @@ def test_power_iteration_converges_to_the_top_eigenvector_of_the_kl_hessian():
 def test_one_power_iteration_is_the_hessian_times_the_random_direction():
     # grad_r KL at r = xi d is H (xi d) + O(xi^2): one iteration points along H d.
     regularizer = VirtualAdversarialRegularizer(adv_step_size=2.0, num_approx=1, approx_difference=1e-6)
-    backbone = Linear(W)
+    backbone = LinearBackbone(W)
     d = torch.randn(Z.shape, generator=torch.Generator().manual_seed(3)).to(Z.dtype)
     r = regularizer.perturbation(backbone, Z, backbone(Z).logits, generator=torch.Generator().manual_seed(3))
     expected = torch.einsum("bij,bj->bi", hessians(W, Z), d)
@@ -116,7 +92,7 @@ def test_two_classes_need_one_iteration_for_the_exact_direction():
     # With two classes the Hessian is p1 p2 (w1 - w2)(w1 - w2)^T: rank one.
     weight = W[:2]
     regularizer = VirtualAdversarialRegularizer(adv_step_size=1.0, num_approx=1)
-    backbone = Linear(weight)
+    backbone = LinearBackbone(weight)
     r = regularizer.perturbation(backbone, Z, backbone(Z).logits)
     v = weight[0] - weight[1]
     assert torch.allclose(F.cosine_similarity(r, v.expand_as(r), dim=1).abs(), torch.ones(3, dtype=Z.dtype))
@@ -125,7 +101,7 @@ def test_two_classes_need_one_iteration_for_the_exact_direction():
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_loss_is_the_kl_at_the_returned_perturbation_over_every_row(norm):
     regularizer = VirtualAdversarialRegularizer(adv_step_size=0.3, adv_grad_norm=norm, num_approx=2)
-    backbone = Linear(W)
+    backbone = LinearBackbone(W)
     y = torch.tensor([0, -1, -1])
     step = step_of(backbone, Z, y)
     torch.manual_seed(5)
@@ -178,14 +154,14 @@ def test_power_iteration_direction_survives_float32():
 
 def test_a_constant_model_gives_zero_perturbation_and_zero_loss():
     regularizer = VirtualAdversarialRegularizer(adv_step_size=1.0, num_approx=2)
-    backbone = Linear(torch.zeros(3, 4, dtype=torch.float64))
+    backbone = LinearBackbone(torch.zeros(3, 4, dtype=torch.float64))
     step = step_of(backbone, Z, torch.tensor([0, 1, 2]))
     assert torch.equal(regularizer.perturbation(backbone, Z, step.output.logits), torch.zeros_like(Z))
     assert regularizer.loss(step) == 0
 
 
 def test_unlabeled_rows_alone_give_a_loss_whose_gradient_reaches_the_parameters():
-    backbone = Linear(W.float())
+    backbone = LinearBackbone(W.float())
     learner = StructuredLearner(backbone, [VirtualAdversarialRegularizer(multiplier=2.0, adv_step_size=0.5)])
     learner.log = lambda *args, **kwargs: None
     loss = learner.training_step(Batch(x=Z.float(), y=torch.full((3,), -1), index=torch.arange(3)), 0)
@@ -196,7 +172,7 @@ def test_unlabeled_rows_alone_give_a_loss_whose_gradient_reaches_the_parameters(
 
 def test_gradient_flows_through_the_perturbed_prediction_only():
     torch.manual_seed(1)
-    backbone = Linear(W.clone())
+    backbone = LinearBackbone(W.clone())
     regularizer = VirtualAdversarialRegularizer(adv_step_size=0.4)
     step = step_of(backbone, Z, torch.tensor([0, 1, -1]))
     torch.manual_seed(2)
@@ -221,7 +197,7 @@ def test_learned_embeddings_train_through_the_vat_term():
 
 
 def test_sparse_features_are_perturbed_densely():
-    backbone = Linear(W.float())
+    backbone = LinearBackbone(W.float())
     x = Z.float().to_sparse()
     batch = Batch(x=x, y=torch.tensor([0, 1, 2]), index=torch.arange(3))
     step = TrainingStep(batch, backbone.head(Z.float()), backbone)
@@ -245,14 +221,14 @@ def test_perturbation_passes_leave_batch_norm_statistics_alone_and_the_mode_as_i
 def test_clipping_keeps_the_perturbed_input_in_range():
     regularizer = VirtualAdversarialRegularizer(adv_step_size=5.0, adv_grad_norm="linf",
                                                 clip_value_min=0.0, clip_value_max=1.0)
-    backbone = Linear(W.float())
+    backbone = LinearBackbone(W.float())
     z = torch.rand(5, 4)
     r = regularizer.perturbation(backbone, z, backbone(z).logits)
     assert ((z + r) >= 0).all() and ((z + r) <= 1).all()
 
 
 def test_non_finite_gradients_count_as_zero():
-    class Blowup(Linear):
+    class Blowup(LinearBackbone):
         def head(self, z, **_):
             logits = self.linear(z)
             return Output(logits + torch.where(z[:, :1] > 100, z[:, :1] * float("inf"), 0.0), logits)
@@ -286,7 +262,7 @@ def test_loss_is_nonnegative_and_the_perturbation_stays_within_the_radius(seed, 
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(classes, 5, generator=generator, dtype=torch.float64) * 3
     z = torch.randn(4, 5, generator=generator, dtype=torch.float64)
-    backbone = Linear(weight)
+    backbone = LinearBackbone(weight)
     regularizer = VirtualAdversarialRegularizer(adv_step_size=eps, adv_grad_norm=norm, num_approx=iterations,
                                                 generator=generator)
     r = regularizer.perturbation(backbone, z, backbone(z).logits)

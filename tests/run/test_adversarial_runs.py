@@ -1,5 +1,5 @@
-"""End to end through the nsl-train entry point, in this process: adversarial runs on digits and with the
-graph regularizer on Cora."""
+"""End to end through the nsl-train entry point, in this process: adversarial runs on digits, with the
+graph regularizer on Cora and with propagated labels on the digits graph."""
 import pytest
 
 from conftest import run_train
@@ -31,6 +31,17 @@ def test_graph_and_adversarial_regularizers_combine_on_cora(tmp_path, data_root,
     assert not any(k.startswith("test/robust") for k in metrics)
     logged = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/adversarial_loss" in logged and "train/graph_loss" in logged
+
+
+def test_propagated_labels_and_vat_combine_on_the_digits_graph(tmp_path, cache_dir):
+    # Six steps on 1% labels: both terms train on the unlabeled images of every batch.
+    _, metrics = run_train(["experiment=digits_label_frac", "regularizer=[propagated,vat]", "trainer.max_steps=6",
+                            "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "logger=csv",
+                            "eval.settings.pgd.steps=2"], tmp_path / "run", cache_dir, in_process=True)
+    assert metrics["n_labeled"] == 10
+    assert 0.0 <= metrics["test/robust_acc/pgd/eps=0.1"] <= metrics["test/acc"]
+    logged = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/vat_loss" in logged and "train/propagated_loss" in logged
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,6 @@
 """Short end-to-end IMDB runs (a small subset) through the nsl-train entry point, in this process."""
 import csv
 
-import pytest
-
 from conftest import run_train
 
 SMALL = ["experiment=imdb_label_frac", "data.train_size=240", "data.test_size=100", "data.max_len=40",

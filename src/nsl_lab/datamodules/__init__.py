@@ -1,4 +1,5 @@
 from nsl_lab.datamodules.custom import CustomDataModule
+from nsl_lab.datamodules.digits_graph import DigitsGraphDataModule
 from nsl_lab.datamodules.images import Cifar10DataModule, DigitsDataModule, ImageDataModule
 from nsl_lab.datamodules.imdb import IMDBDataModule
 from nsl_lab.datamodules.label_fraction import stratified_label_subset
@@ -6,6 +7,6 @@ from nsl_lab.datamodules.planetoid import PlanetoidDataModule
 from nsl_lab.datamodules.samples import SampleDataModule
 
 __all__ = [
-    "Cifar10DataModule", "CustomDataModule", "DigitsDataModule", "IMDBDataModule", "ImageDataModule",
+    "Cifar10DataModule", "CustomDataModule", "DigitsDataModule", "DigitsGraphDataModule", "IMDBDataModule", "ImageDataModule",
     "PlanetoidDataModule", "SampleDataModule", "stratified_label_subset",
 ]

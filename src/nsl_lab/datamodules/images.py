@@ -217,18 +217,25 @@ class DigitsDataModule(ImageDataModule):
         self.test_size = int(test_size)
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-        y = torch.tensor(digits.target, dtype=torch.long)
-        if self.test_size + self.val_size >= len(y):
-            raise ConfigError(f"data.test_size + data.val_size = {self.test_size + self.val_size} leaves no training "
-                              f"images of the {len(y)}")
-        # Test images come from their own seeded draw; validation is drawn from the rest in setup().
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed + 1))
-        test, rest = order[: self.test_size], order[self.test_size:]
+        x, y, rest, test = load_digits_split(self.test_size, self.split_seed, self.val_size)
         return x[rest], y[rest], x[test], y[test]
+
+
+def load_digits_split(test_size: int, split_seed: int, min_rest: int = 0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x [1797, 1, 8, 8] in [0, 1], y [1797], rest ids, test ids)``: scikit-learn's digits
+    and their seeded test draw, the same images for every datamodule that reads digits."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    if test_size + min_rest >= len(y):
+        raise ConfigError(f"data.test_size={test_size} (+ {min_rest} validation images) leaves no training images "
+                          f"of the {len(y)}; allowed: test_size + val_size < {len(y)}")
+    # Test images come from their own seeded draw; validation is drawn from the rest later.
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(split_seed + 1))
+    return x, y, order[test_size:], order[:test_size]
 
 
 class _CifarUnpickler(pickle.Unpickler):
