@@ -5,8 +5,9 @@ from nsl_lab.datamodules.imdb import IMDBDataModule
 from nsl_lab.datamodules.label_fraction import stratified_label_subset
 from nsl_lab.datamodules.planetoid import PlanetoidDataModule
 from nsl_lab.datamodules.samples import SampleDataModule
+from nsl_lab.datamodules.synthetic_graph import SyntheticGraphDataModule
 
 __all__ = [
     "Cifar10DataModule", "CustomDataModule", "DigitsDataModule", "DigitsGraphDataModule", "IMDBDataModule", "ImageDataModule",
-    "PlanetoidDataModule", "SampleDataModule", "stratified_label_subset",
+    "PlanetoidDataModule", "SampleDataModule", "SyntheticGraphDataModule", "stratified_label_subset",
 ]

@@ -61,6 +61,30 @@ class NeighborGraph:
         graph.indptr, graph.indices, graph.weights = indptr, indices, weights
         return graph
 
+    @classmethod
+    def from_csr(cls, indptr: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor | None = None) -> "NeighborGraph":
+        """A graph from CSR arrays: row ``i``'s neighbours are ``indices[indptr[i]:indptr[i + 1]]``
+        (``[N + 1]``, ``[E]``, ``[E]`` weights, default 1). Rows not sorted by decreasing weight
+        are sorted (stable), as the constructor does."""
+        indptr, indices = torch.as_tensor(indptr).long(), torch.as_tensor(indices).long()
+        weights = torch.ones(indices.numel()) if weights is None else torch.as_tensor(weights).float()
+        if indptr.dim() != 1 or indptr.numel() < 1 or int(indptr[0]) != 0 or int(indptr[-1]) != indices.numel() \
+                or bool((indptr[1:] < indptr[:-1]).any()):
+            raise ConfigError(f"indptr must rise from 0 to the {indices.numel()} edges, one entry per node and one more")
+        if weights.shape != indices.shape:
+            raise ConfigError(f"CSR weights have {weights.numel()} entries for {indices.numel()} edges")
+        num_nodes = indptr.numel() - 1
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_nodes):
+            raise ConfigError(f"CSR indices hold node ids in [{int(indices.min())}, {int(indices.max())}], "
+                              f"allowed: 0 .. {num_nodes - 1}")
+        if not torch.isfinite(weights).all() or (weights < 0).any():
+            raise ConfigError("edge weights must be finite and >= 0")
+        source = torch.repeat_interleave(torch.arange(num_nodes), indptr[1:] - indptr[:-1])
+        rising = (weights[1:] > weights[:-1]) & (source[1:] == source[:-1])
+        if bool(rising.any()):
+            return cls(torch.stack([source, indices]), num_nodes, weights)
+        return cls._from_csr(indptr, indices, weights)
+
     @property
     def num_edges(self) -> int:
         return int(self.indices.numel())

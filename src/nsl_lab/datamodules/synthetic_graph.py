@@ -1,0 +1,168 @@
+"""A seeded stochastic-block-model graph with class-dependent Gaussian features, of any size,
+generated straight into a feature store and a CSR graph on disk."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nsl_lab.datamodules.samples import SampleDataModule, Samples
+from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
+from nsl_lab.graphs.neighbors import NeighborGraph
+from nsl_lab.graphs.store import CSR_FILES, FeatureStore, StoreDtype, load_csr, save_csr, write_features
+from nsl_lab.modules.backbone import InputKind
+
+#: rows of features drawn at a time (bounds the generator's memory at block x feature_dim)
+BLOCK_ROWS = 65536
+GENERATOR_VERSION = 1
+
+
+def check_settings(num_nodes: int, avg_degree: float, num_classes: int, feature_dim: int, homophily: float,
+                   class_separation: float, dtype: str, seed: int) -> None:
+    """One line naming the first bad setting of :func:`generate_synthetic_graph`."""
+    check_integer("data.num_nodes", num_nodes, 2)
+    check_range("data.avg_degree", avg_degree, 0.0)
+    check_integer("data.num_classes", num_classes, 2)
+    check_integer("data.feature_dim", feature_dim, 1)
+    check_range("data.homophily", homophily, 0.0, 1.0)
+    check_range("data.class_separation", class_separation, 0.0)
+    check_choice("data.dtype", dtype, StoreDtype)
+    check_integer("data.graph_seed", seed, 0)
+
+
+def generate_synthetic_graph(
+    folder: str | Path,
+    num_nodes: int,
+    avg_degree: float = 10.0,
+    num_classes: int = 10,
+    feature_dim: int = 128,
+    homophily: float = 0.8,
+    class_separation: float = 4.0,
+    dtype: StoreDtype = "float32",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    r"""Writes ``features.npy`` ``[N, d]``, ``labels.npy`` ``[N]`` and the CSR graph
+    (``indptr.npy``, ``indices.npy``, ``weight.npy``) into ``folder``; returns their summary.
+
+    Labels are uniform over the classes. Features: :math:`x_i = \mu_{y_i} + \varepsilon_i`,
+    :math:`\varepsilon_i \sim \mathcal N(0, I_d)`, class means :math:`\mu_c \sim \mathcal N(0,
+    \sigma^2 I_d)` with :math:`\sigma = s / \sqrt{2d}`, so two class means lie
+    ``class_separation`` = :math:`s` noise standard deviations apart on average. Edges: ``N *
+    avg_degree / 2`` undirected pairs, each from a uniform node to a uniform node of the same
+    class with probability ``homophily`` and of another class otherwise (so the share of
+    same-class edges is ``homophily``), stored in both directions with weight 1; self-loops
+    are dropped. Every array is drawn in blocks, never all of it in memory at once.
+    """
+    check_settings(num_nodes, avg_degree, num_classes, feature_dim, homophily, class_separation, dtype, seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, num_nodes)
+    np.save(folder / "labels.npy", labels)
+    means = rng.standard_normal((num_classes, feature_dim)).astype(np.float32) * (class_separation / np.sqrt(2 * feature_dim))
+    features = write_features(folder / "features.npy", num_nodes, feature_dim, dtype)
+    blocks = range(0, num_nodes, BLOCK_ROWS)
+    for first in tqdm(blocks, desc="features", unit="block", disable=not progress):
+        rows = labels[first:first + BLOCK_ROWS]
+        features[first:first + len(rows)] = means[rows] + rng.standard_normal((len(rows), feature_dim), dtype=np.float32)
+    features.flush()
+    del features
+    # Edges: a uniform source, then a uniform member of its class (or of another class).
+    pairs = int(round(num_nodes * avg_degree / 2))
+    members = np.argsort(labels, kind="stable")
+    class_start = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))])
+    source = rng.integers(0, num_nodes, pairs)
+    target_class = labels[source]
+    other = rng.random(pairs) >= homophily
+    target_class[other] = (target_class[other] + rng.integers(1, num_classes, int(other.sum()))) % num_classes
+    size = class_start[target_class + 1] - class_start[target_class]
+    target = members[class_start[target_class] + (rng.random(pairs) * size).astype(np.int64)]
+    keep = source != target
+    source, target = source[keep], target[keep]
+    both_source, both_target = np.concatenate([source, target]), np.concatenate([target, source])
+    del source, target
+    order = np.argsort(both_source, kind="stable")
+    indices = torch.from_numpy(both_target[order])
+    indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(np.bincount(both_source, minlength=num_nodes))]))
+    del both_source, both_target, order
+    save_csr(folder, NeighborGraph.from_csr(indptr, indices, torch.ones(indices.numel())))
+    summary = {"num_nodes": num_nodes, "num_edges": int(indices.numel()), "seconds": time.perf_counter() - start}
+    return summary
+
+
+class SyntheticGraphDataModule(SampleDataModule):
+    """``data=synthetic_graph``: :func:`generate_synthetic_graph`'s graph, generated once into
+    ``<cache>/synthetic/<hash of its settings>`` and read from there: features through a
+    memory-mapped :class:`~nsl_lab.graphs.store.FeatureStore` (rows gathered per batch,
+    neighbours' too), the CSR graph in memory. Splits as every :class:`SampleDataModule`
+    (``test_frac``, ``val_frac``, then ``label_frac`` of the rest labeled).
+
+    Args:
+        num_nodes, avg_degree, num_classes, feature_dim, homophily, class_separation, dtype:
+            see :func:`generate_synthetic_graph`.
+        graph_seed: seed of the generated data (fixed across ``seed``, which draws the splits).
+        graph: ``natural`` (the generated graph, default) or ``none``.
+        **kwargs: see :class:`SampleDataModule`.
+    """
+
+    input_kind: ClassVar[InputKind] = "features"
+    preset = "large_graph"
+    default_graph = "natural"
+
+    def __init__(self, num_nodes: int = 100_000, avg_degree: float = 10.0, num_classes: int = 10,
+                 feature_dim: int = 128, homophily: float = 0.8, class_separation: float = 4.0,
+                 dtype: StoreDtype = "float32", graph_seed: int = 0, graph: Any = "natural", **kwargs) -> None:
+        super().__init__(graph=graph, **kwargs)
+        check_choice("data.graph.kind", self.graph_spec.kind, ("natural", "none"))
+        self.settings = {"num_nodes": num_nodes, "avg_degree": float(avg_degree), "num_classes": num_classes,
+                         "feature_dim": feature_dim, "homophily": float(homophily),
+                         "class_separation": float(class_separation), "dtype": dtype, "seed": int(graph_seed)}
+        check_settings(**self.settings)  # now, before any data is generated
+
+    @property
+    def folder(self) -> Path:
+        key = hashlib.sha1(json.dumps({**self.settings, "version": GENERATOR_VERSION}, sort_keys=True).encode())
+        return self.cache_dir / "synthetic" / key.hexdigest()[:16]
+
+    def generated(self) -> Path:
+        """The data's folder, generated first when it is not complete (into a temporary folder,
+        renamed when done, so an interrupted generation leaves nothing half-written)."""
+        folder = self.folder
+        if all((folder / name).is_file() for name in ("features.npy", "labels.npy", *CSR_FILES)):
+            return folder
+        partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        generate_synthetic_graph(partial, **self.settings, progress=sys.stderr.isatty())
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+        return folder
+
+    def load_samples(self) -> Samples:
+        folder = self.generated()
+        store = FeatureStore(folder / "features.npy")
+        labels = np.load(folder / "labels.npy", allow_pickle=False)
+        if len(labels) != len(store):
+            raise ConfigError(f"{folder} holds {len(labels)} labels for {len(store)} feature rows; delete it to regenerate")
+        self.num_features = store.shape[1]
+        return Samples(x=store, y=torch.from_numpy(labels).long())  # type: ignore[arg-type]
+
+    def build_graph(self, samples: Samples) -> NeighborGraph | None:
+        if self.graph_spec.kind == "none":
+            return None
+        graph = load_csr(self.folder)
+        if graph.num_nodes != len(samples.y):
+            raise ConfigError(f"{self.folder} holds a graph of {graph.num_nodes} nodes for {len(samples.y)} samples; "
+                              "delete it to regenerate")
+        return graph
