@@ -14,7 +14,10 @@ Each measurement runs in a fresh subprocess on one thread (its own peak RSS, ru_
 - pipeline: one epoch of training batches only (no model), nsl_lab's sampled neighbours gathered
   per batch against NSL's ``pack_nbrs`` layout ((1 + k) x the features, built first), at the
   largest N.
-- accuracy: at 100k nodes, homophily 0.8, 1% labels, 5 epochs: base FFN vs the preset.
+- build: ``scripts/build_graph.py --k 10 --method faiss_ivf --csr`` over random 64-D embeddings
+  of the largest N (faiss on both cores; its peak RSS).
+- accuracy: at 100k nodes, homophily 0.8, 1% labels, 5 epochs: base FFN vs the preset, and the
+  preset as 2 DDP processes (10 epochs of half the seeds each).
 Writes benchmarks/results/large_graph.{json,md}.
 """
 from __future__ import annotations
@@ -52,6 +55,16 @@ elif mode == "epoch":
     metrics = run_overrides(settings["overrides"], settings["run_dir"])
     print(json.dumps({"fit_seconds": metrics["fit_seconds"], "test_acc": metrics["test/acc"],
                       "val_acc": metrics["val/acc"], "n_labeled": metrics["n_labeled"], "peak_rss_mb": peak_mb()}))
+elif mode == "build":
+    import numpy as np, subprocess
+    np.save(settings["embeddings"], np.random.default_rng(0).standard_normal((settings["num_nodes"], 64), dtype=np.float32))
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, settings["script"], settings["embeddings"], "--k", "10", "--method",
+                           "faiss_ivf", "--csr", settings["csr"]], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": child_peak, "output": done.stdout.strip()}))
 elif mode == "pipeline":
     from nsl_lab.datamodules import SyntheticGraphDataModule
     data = SyntheticGraphDataModule(num_nodes=settings["num_nodes"], cache_dir=settings["cache"], label_frac=0.01,
@@ -99,10 +112,26 @@ def epoch(num_nodes: int, k: int, scratch: str, extra: list[str] | None = None) 
             "seconds_per_million_nodes": result["fit_seconds"] / num_nodes * 1e6}
 
 
+def ddp_run(num_nodes: int, scratch: str, epochs: int) -> dict:
+    """The preset as 2 DDP processes (gloo), through scripts/train.py: each rank draws its own half
+    of the seed nodes, so twice the epochs make the same number of optimizer steps."""
+    run_dir = tempfile.mkdtemp(dir=scratch)
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "train.py"),
+               "experiment=large_graph", f"data.num_nodes={num_nodes}", f"trainer.max_epochs={epochs}", "trainer=ddp",
+               "trainer.accelerator=cpu", "trainer.devices=2", "logger=none", "trainer.enable_progress_bar=false",
+               "num_threads=1", f"paths.cache_dir={CACHE}", f"hydra.run.dir={run_dir}"]
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if completed.returncode:
+        raise SystemExit(f"ddp run failed:\n{completed.stderr[-3000:]}")
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return {"test_acc": metrics["test/acc"], "val_acc": metrics["val/acc"], "fit_seconds": metrics["fit_seconds"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-build", action="store_true", help="skip the faiss IVF graph build")
     args = parser.parse_args()
     largest = max(args.sizes)
     results: dict = {"args": vars(args)}
@@ -119,11 +148,17 @@ def main() -> None:
         results["pipeline"] = [child("pipeline", {"num_nodes": largest, "k": 4, "layout": layout, "cache": str(CACHE)})
                                | {"layout": layout} for layout in ("sampled", "packed")]
         print("pipeline", results["pipeline"], flush=True)
+        if not args.skip_build:
+            results["build"] = child("build", {"num_nodes": largest, "embeddings": str(Path(scratch) / "embeddings.npy"),
+                                               "csr": str(Path(scratch) / "built"),
+                                               "script": str(Path(__file__).resolve().parents[1] / "scripts" / "build_graph.py")})
+            print("build", results["build"], flush=True)
         if not args.skip_accuracy:
             results["accuracy"] = {
                 name: epoch(100_000, 4, scratch, ["trainer.max_epochs=5", *extra])
                 for name, extra in (("base", ["regularizer=none", "data.neighbors=0"]), ("graph", []))
             }
+            results["accuracy"]["graph_ddp"] = ddp_run(100_000, scratch, epochs=10)
             print("accuracy", results["accuracy"], flush=True)
     report(results)
 
@@ -147,12 +182,23 @@ def report(results: dict) -> None:
         ratio = k_runs[8]["peak_rss_mb"] / k_runs[2]["peak_rss_mb"]
         checks.append(("peak memory k = 8 vs k = 2 within 10%", abs(ratio - 1) <= 0.10,
                        f"{k_runs[8]['peak_rss_mb']:.0f} vs {k_runs[2]['peak_rss_mb']:.0f} MB ({ratio:.2f}x)"))
+    build = results.get("build")
+    if build:
+        checks.append((f"top-10 graph over {largest['num_nodes']:,} x 64 random embeddings, faiss IVF, <= 10 min, "
+                       "peak <= 4 GB", build["seconds"] <= 600 and build["peak_rss_mb"] <= 4096,
+                       f"{build['seconds']:.0f} s, {build['peak_rss_mb']:.0f} MB ({build['output']})"))
     accuracy = results.get("accuracy")
     if accuracy:
         gain = 100 * (accuracy["graph"]["test_acc"] - accuracy["base"]["test_acc"])
         checks.append(("graph-regularized >= base + 10 points (100k nodes, homophily 0.8, 1% labels)", gain >= 10,
                        f"{100 * accuracy['graph']['test_acc']:.1f} vs {100 * accuracy['base']['test_acc']:.1f} "
                        f"({gain:+.1f})"))
+        ddp = accuracy.get("graph_ddp")
+        if ddp:
+            gap = 100 * (ddp["test_acc"] - accuracy["graph"]["test_acc"])
+            checks.append(("2 DDP processes within 1 point of 1 (twice the epochs: the same optimizer steps)",
+                           abs(gap) <= 1.0, f"{100 * ddp['test_acc']:.1f} vs {100 * accuracy['graph']['test_acc']:.1f} "
+                           f"({gap:+.1f}); fit {ddp['fit_seconds']:.0f} s vs {accuracy['graph']['fit_seconds']:.0f} s"))
     lines = [
         "# Graph regularization at scale (data=synthetic_graph)",
         "",

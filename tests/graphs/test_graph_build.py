@@ -1,4 +1,4 @@
-"""Graph building against brute force, file round trips and the build_graph script."""
+"""Graph building against brute force, file round trips and the build_graph script (TSV, .pt, CSR)."""
 import re
 import subprocess
 import sys
@@ -14,6 +14,7 @@ from nsl_lab.errors import ConfigError
 from nsl_lab.graphs.build import (
     GraphSpec, load_graph, read_tsv, save_graph, similarity_graph, symmetrize, word_vector_embeddings, write_tsv,
 )
+from nsl_lab.graphs.store import load_csr
 
 
 def brute_force(x: np.ndarray, k: int | None, threshold: float | None) -> dict[tuple[int, int], float]:
@@ -50,6 +51,17 @@ def test_faiss_hnsw_finds_the_exact_neighbours_on_small_data():
     exact = set(as_dict(*similarity_graph(x, k=5)))
     approximate = set(as_dict(*similarity_graph(x, k=5, method="faiss_hnsw")))
     assert len(exact & approximate) / len(exact) >= 0.95
+
+
+def test_faiss_ivf_finds_most_exact_neighbours_on_clustered_data():
+    # 40 clusters of 100 rows in 16-D: what IVF's lists are for (uniform noise is its worst case).
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((40, 16)) * 3
+    x = (centres[np.arange(4000) % 40] + rng.standard_normal((4000, 16))).astype(np.float32)
+    exact = set(as_dict(*similarity_graph(x, k=5)))
+    approximate = as_dict(*similarity_graph(x, k=5, method="faiss_ivf"))
+    assert len(exact & set(approximate)) / len(exact) >= 0.9
+    assert all(-1.0 <= w <= 1.0 + 1e-6 for w in approximate.values())
 
 
 @settings(max_examples=25, deadline=None)
@@ -147,6 +159,10 @@ def test_build_graph_script_writes_tsv_and_pt(tmp_path):
     edge_index, weight = read_tsv(tmp_path / "g.tsv", num_nodes=30)
     assert as_dict(edge_index, weight).keys() == brute_force(x, 3, None).keys()
     assert load_graph(tmp_path / "g.pt")[3]["k"] == 3
+    subprocess.run([sys.executable, str(REPO / "scripts" / "build_graph.py"), str(tmp_path / "emb.npy"), "--k", "3",
+                    "--csr", str(tmp_path / "csr")], capture_output=True, text=True, check=True)
+    graph = load_csr(tmp_path / "csr")
+    assert as_dict(graph.edge_index(), graph.weights).keys() == brute_force(x, 3, None).keys()
     bad = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "build_graph.py"), str(tmp_path / "emb.npy"), str(tmp_path / "h.tsv"),
          "--k", "0"], capture_output=True, text=True,

@@ -34,12 +34,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Samples:
-    """Every sample of a dataset: inputs, labels (``-1`` = none) and, when given, the test rows."""
+    """Every sample of a dataset: inputs (a tensor or a :class:`~nsl_lab.graphs.store.FeatureStore`),
+    labels (``-1`` = none) and, when the dataset fixes them, the test and validation rows."""
 
-    x: torch.Tensor
+    x: Any
     y: torch.Tensor
     lengths: torch.Tensor | None = None
     test_index: torch.Tensor | None = None
+    val_index: torch.Tensor | None = None
 
 
 def carve(rows: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +98,8 @@ class SampleDataModule(pl.LightningDataModule):
     """Base class: subclasses implement :meth:`load_samples` and :meth:`build_graph`.
 
     Splits: the test rows are ``Samples.test_index`` or a seeded ``test_frac`` of the
-    labeled rows; ``val_frac`` of the remaining labeled rows is validation; ``label_frac``
+    labeled rows; the validation rows ``Samples.val_index`` or ``val_frac`` of the remaining
+    labeled rows; ``label_frac``
     (stratified, seeded) of the rest keeps its labels. Training batches hold the labeled
     training rows and, with ``include_unlabeled``, every other non-evaluation row with
     ``y = -1`` (seeds for ``seeds: all``). Validation and test labels are never seen in
@@ -217,7 +220,13 @@ class SampleDataModule(pl.LightningDataModule):
             is_test = torch.zeros_like(has_label)
             is_test[test] = True
             pool = (has_label & ~is_test).nonzero().flatten()
-        train_pool, val = carve(pool, self.val_frac, generator)
+        if samples.val_index is None:
+            train_pool, val = carve(pool, self.val_frac, generator)
+        else:
+            val = samples.val_index
+            is_val = torch.zeros_like(has_label)
+            is_val[val] = True
+            train_pool = pool[~is_val[pool]]
         if train_pool.numel() == 0:
             raise ConfigError("no labeled training samples are left after the validation and test splits")
         if self.label_frac is None or self.label_frac == 1.0:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,7 +16,9 @@ from tqdm import tqdm
 from nsl_lab.datamodules.samples import SampleDataModule, Samples
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph
-from nsl_lab.graphs.store import CSR_FILES, FeatureStore, StoreDtype, load_csr, save_csr, write_features
+from nsl_lab.graphs.store import (
+    CSR_FILES, FeatureStore, StoreDtype, build_once, load_csr, save_csr, write_features,
+)
 from nsl_lab.modules.backbone import InputKind
 
 #: rows of features drawn at a time (bounds the generator's memory at block x feature_dim)
@@ -136,18 +136,9 @@ class SyntheticGraphDataModule(SampleDataModule):
         return self.cache_dir / "synthetic" / key.hexdigest()[:16]
 
     def generated(self) -> Path:
-        """The data's folder, generated first when it is not complete (into a temporary folder,
-        renamed when done, so an interrupted generation leaves nothing half-written)."""
-        folder = self.folder
-        if all((folder / name).is_file() for name in ("features.npy", "labels.npy", *CSR_FILES)):
-            return folder
-        partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        generate_synthetic_graph(partial, **self.settings, progress=sys.stderr.isatty())
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(partial, folder)
-        return folder
+        """The data's folder, generated first when it is not complete."""
+        return build_once(self.folder, ("features.npy", "labels.npy", *CSR_FILES), lambda partial:
+                          generate_synthetic_graph(partial, **self.settings, progress=sys.stderr.isatty()))
 
     def load_samples(self) -> Samples:
         folder = self.generated()

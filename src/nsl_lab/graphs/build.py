@@ -12,12 +12,14 @@ both when set (the top-k that also clear the threshold). The result is symmetric
 either end selected the other, weighted by :math:`s_{ij}`.
 
 Exact search multiplies one block of rows by the whole matrix at a time, so memory stays
-``block_size x N`` rather than ``N x N``. ``method="faiss_hnsw"`` uses faiss's HNSW index
-(approximate, for large ``N``).
+``block_size x N`` rather than ``N x N``. ``method="faiss_hnsw"`` uses faiss's HNSW index and
+``method="faiss_ivf"`` its inverted-file index (approximate; IVF for a million rows and more,
+its memory that of the index: the rows themselves plus the list assignments).
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,7 +32,7 @@ import torch
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.files import save_tensors
 
-Method = Literal["exact", "faiss_hnsw"]
+Method = Literal["exact", "faiss_hnsw", "faiss_ivf"]
 METHODS = get_args(Method)
 Embedding = Literal["tfidf_svd", "word_vectors", "pixels", "pca", "features", "npy"]
 GraphKind = Literal["none", "natural", "knn", "tsv"]
@@ -152,17 +154,32 @@ def _exact_search(
     return torch.cat(sources), torch.cat(targets), torch.cat(weights)
 
 
-def _faiss_search(
-    x: torch.Tensor, k: int, threshold: float | None, progress: bool, hnsw_m: int = 32
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - faiss is a dependency
-        raise ConfigError("graph.method='faiss_hnsw' needs faiss-cpu: pip install 'nsl_lab[faiss]'") from None
-    data = np.ascontiguousarray(x.numpy())
-    index = faiss.IndexHNSWFlat(data.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efSearch = max(64, 2 * k)
+def _faiss_index(data: np.ndarray, kind: str, k: int, hnsw_m: int = 32):
+    """An inner-product index over ``data``: HNSW, or IVF (``4 sqrt(N)`` lists, trained on a
+    sample of 64 rows per list, 16 probed) for millions of rows, where HNSW's graph is slow to build."""
+    import faiss
+
+    n, dim = data.shape
+    if kind == "faiss_hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(64, 2 * k)
+    else:
+        lists = max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 training rows per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(n, min(n, 64 * lists), replace=False)
+        index.train(data[np.sort(sample)])
+        index.nprobe = min(16, lists)
     index.add(data)
+    return index
+
+
+def _faiss_search(
+    x: torch.Tensor, k: int, threshold: float | None, progress: bool, kind: str = "faiss_hnsw"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if importlib.util.find_spec("faiss") is None:  # pragma: no cover - faiss is a dependency
+        raise ConfigError(f"graph.method={kind!r} needs faiss-cpu: pip install 'nsl_lab[faiss]'")
+    data = np.ascontiguousarray(x.numpy())
+    index = _faiss_index(data, kind, k)
     n = data.shape[0]
     # k + 1: the query itself usually comes back first.
     scores, ids = np.empty((n, k + 1), np.float32), np.empty((n, k + 1), np.int64)
@@ -212,7 +229,8 @@ def similarity_graph(
         embeddings: ``[N, d]`` matrix.
         k: neighbours per node (top-k), or ``None`` for threshold only.
         threshold: keep pairs with cosine similarity ``>= threshold`` (NSL semantics).
-        method: ``exact`` (blocked torch matmuls) or ``faiss_hnsw`` (approximate).
+        method: ``exact`` (blocked torch matmuls), ``faiss_hnsw`` or ``faiss_ivf`` (approximate;
+            IVF for a million rows and more).
         block_size: rows per block of the exact search (memory ~ ``block_size x N`` floats).
         progress: show a progress bar.
 
@@ -232,7 +250,7 @@ def similarity_graph(
     if method == "exact":
         source, target, weight = _exact_search(x, k, threshold, int(block_size), progress)
     else:
-        source, target, weight = _faiss_search(x, min(int(k), n - 1), threshold, progress)
+        source, target, weight = _faiss_search(x, min(int(k), n - 1), threshold, progress, method)
     return symmetrize(source, target, weight, n)
 
 

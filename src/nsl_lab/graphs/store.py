@@ -3,8 +3,9 @@ CSR graph in ``.npy`` files, both memory-mapped."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 import torch
@@ -59,8 +60,10 @@ class FeatureStore:
     def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
-        # Fancy indexing copies just these rows out of the map; float16 is widened here.
-        return torch.from_numpy(np.ascontiguousarray(self.values[index], dtype=np.float32))
+        # Fancy indexing copies just these rows out of the map; float16 is widened here. A slice
+        # is a read-only view of the map: copied, so the tensor owns writable memory.
+        rows = np.ascontiguousarray(self.values[index], dtype=np.float32)
+        return torch.from_numpy(rows if rows.flags.writeable else rows.copy())
 
     def __repr__(self) -> str:
         where = f"path={str(self.path)!r}" if self.path else "in memory"
@@ -97,3 +100,21 @@ def load_csr(folder: str | Path) -> NeighborGraph:
     except ValueError as error:
         raise ConfigError(f"CSR graph folder {folder} holds a file that is not a readable .npy ({error})") from None
     return NeighborGraph.from_csr(indptr, indices, weight)
+
+
+def build_once(folder: Path, files: Iterable[str], build: Callable[[Path], None]) -> Path:
+    """``folder`` once it holds every one of ``files``: built by ``build(partial)`` into a
+    temporary sibling first and renamed when complete, so an interrupted or failed build leaves
+    nothing half-written for the next run to trust."""
+    if all((folder / name).is_file() for name in files):
+        return folder
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        build(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    return folder

@@ -1,0 +1,167 @@
+"""OGB node-property datasets (ogbn-arxiv, ogbn-products, ...) read from their raw files on disk,
+converted once into a feature store and a CSR graph in the cache. Nothing is downloaded."""
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nsl_lab.datamodules.samples import SampleDataModule, Samples
+from nsl_lab.errors import ConfigError, check_choice
+from nsl_lab.files import file_digest
+from nsl_lab.graphs.neighbors import NeighborGraph
+from nsl_lab.graphs.store import (
+    CSR_FILES, FeatureStore, StoreDtype, build_once, load_csr, save_csr, write_features,
+)
+from nsl_lab.modules.backbone import InputKind
+
+RAW_FILES = ("node-feat.csv.gz", "edge.csv.gz", "node-label.csv.gz")
+SPLITS = ("train", "valid", "test")
+#: lines parsed at a time (bounds the conversion's memory at block x feature_dim)
+BLOCK_LINES = 100_000
+
+
+def read_blocks(path: Path, dtype: type, columns: int | None = None) -> Iterator[np.ndarray]:
+    """The rows of a gzipped comma-separated file, ``BLOCK_LINES`` at a time, as arrays; an
+    empty or ``nan`` cell in an integer file (an unlabeled node) becomes -1."""
+    with gzip.open(path, "rt") as handle:
+        number = 0
+        while True:
+            lines = handle.readlines(BLOCK_LINES * 16)  # a size hint in characters
+            if not lines:
+                return
+            if dtype is np.int64:
+                lines = [line if line.strip() and line.strip().lower() != "nan" else "-1\n" for line in lines]
+            try:
+                block = np.loadtxt(io.StringIO("".join(lines)), delimiter=",", dtype=dtype, ndmin=2)
+            except ValueError as error:
+                raise ConfigError(f"{path} has a line that is not {columns or 'some'} comma-separated numbers "
+                                  f"near line {number + 1} ({error})") from None
+            if columns is not None and block.shape[1] != columns:
+                raise ConfigError(f"{path} has rows of {block.shape[1]} values near line {number + 1}; expected {columns}")
+            number += len(block)
+            yield block
+
+
+def convert_ogb(raw_folder: Path, split_folder: Path, target: Path, dtype: StoreDtype, symmetrize: bool,
+                progress: bool = False) -> None:
+    """Writes features, labels, CSR graph and split indices into ``target`` from an OGB folder."""
+    target.mkdir(parents=True, exist_ok=True)
+    features_path = raw_folder / "node-feat.csv.gz"
+    with gzip.open(features_path, "rt") as handle:
+        first = handle.readline()
+        num_nodes = 1 + sum(1 for _ in handle)
+    dim = len(first.split(","))
+    features = write_features(target / "features.npy", num_nodes, dim, dtype)
+    row = 0
+    with tqdm(total=num_nodes, desc="node features", unit="node", disable=not progress) as bar:
+        for block in read_blocks(features_path, np.float32, dim):
+            features[row:row + len(block)] = block
+            row += len(block)
+            bar.update(len(block))
+    features.flush()
+    del features
+    labels = np.concatenate(list(read_blocks(raw_folder / "node-label.csv.gz", np.int64, 1)))[:, 0]
+    if len(labels) != num_nodes:
+        raise ConfigError(f"{raw_folder}/node-label.csv.gz has {len(labels)} rows for {num_nodes} nodes")
+    np.save(target / "labels.npy", labels)
+    edges = np.concatenate(list(read_blocks(raw_folder / "edge.csv.gz", np.int64, 2)))
+    if edges.size and (edges.min() < 0 or edges.max() >= num_nodes):
+        raise ConfigError(f"{raw_folder}/edge.csv.gz holds node ids outside 0 .. {num_nodes - 1}")
+    edge_index = torch.from_numpy(edges.T.copy())
+    if symmetrize:
+        edge_index = torch.cat([edge_index, edge_index.flip(0)], 1)
+        edge_index = edge_index[:, edge_index[0] != edge_index[1]].unique(dim=1)
+    save_csr(target, NeighborGraph(edge_index, num_nodes))
+    for split in SPLITS:
+        ids = np.concatenate(list(read_blocks(split_folder / f"{split}.csv.gz", np.int64, 1)))[:, 0]
+        if ids.size and (ids.min() < 0 or ids.max() >= num_nodes):
+            raise ConfigError(f"{split_folder}/{split}.csv.gz holds node ids outside 0 .. {num_nodes - 1}")
+        np.save(target / f"{split}.npy", ids)
+
+
+class OGBDataModule(SampleDataModule):
+    """``data=ogb``: an OGB node-property dataset in OGB's on-disk layout,
+    ``<data_dir>/ogb/<name with _>/raw/{node-feat,edge,node-label}.csv.gz`` and
+    ``.../split/<split_type>/{train,valid,test}.csv.gz`` (what ``ogb`` leaves after a download;
+    copy it there). It is converted once (a progress bar) into ``<cache>/ogb/<name>-<digest of
+    the files>/``: features as a memory-mapped ``.npy``, the graph as CSR, the splits as
+    ``.npy``; later runs read only that. OGB's train / valid / test split is kept;
+    ``label_frac`` keeps that fraction of the training nodes' labels (stratified, seeded).
+
+    Args:
+        data_dir: the data root.
+        name: e.g. ``ogbn-arxiv`` or ``ogbn-products``.
+        split_type: the folder under ``split/`` (``auto``: the only one there).
+        symmetrize: store every edge in both directions (arxiv's citation edges are directed).
+        dtype: the feature store's ``float32`` or ``float16``.
+        **kwargs: see :class:`SampleDataModule` (``val_frac`` and ``test_frac`` are unused).
+    """
+
+    input_kind: ClassVar[InputKind] = "features"
+    preset = "large_graph"
+    default_graph = "natural"
+
+    def __init__(self, data_dir: str = "data", name: str = "ogbn-arxiv", split_type: str = "auto",
+                 symmetrize: bool = True, dtype: StoreDtype = "float32", graph: Any = "natural", **kwargs) -> None:
+        super().__init__(graph=graph, **kwargs)
+        check_choice("data.graph.kind", self.graph_spec.kind, ("natural", "none"))
+        check_choice("data.dtype", dtype, StoreDtype)
+        if not name.startswith("ogbn-"):
+            raise ConfigError(f"data.name={name!r} is not an OGB node-property dataset; allowed: names like 'ogbn-arxiv'")
+        self.data_dir, self.name, self.split_type = Path(data_dir).expanduser(), name, split_type
+        self.symmetrize, self.dtype = bool(symmetrize), dtype
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir / "ogb" / self.name.replace("-", "_")
+
+    def source_files(self) -> tuple[Path, Path]:
+        """``(raw folder, split folder)``, or one line saying what is missing."""
+        raw = self.root / "raw"
+        missing = [name for name in RAW_FILES if not (raw / name).is_file()]
+        if missing:
+            raise ConfigError(f"data=ogb needs {', '.join(missing)} under {raw} (OGB's layout; nothing is "
+                              f"downloaded here: copy the dataset's folder there)")
+        splits = self.root / "split"
+        types = sorted(p.name for p in splits.iterdir() if p.is_dir()) if splits.is_dir() else []
+        if self.split_type == "auto":
+            if len(types) != 1:
+                raise ConfigError(f"data.split_type=auto needs exactly one folder under {splits}; found "
+                                  f"{types or 'none'}: set data.split_type")
+            chosen = splits / types[0]
+        else:
+            chosen = splits / self.split_type
+            if not chosen.is_dir():
+                raise ConfigError(f"data.split_type={self.split_type!r} is not a folder under {splits}; "
+                                  f"allowed: {', '.join(types) or 'none found'}")
+        missing = [f"{split}.csv.gz" for split in SPLITS if not (chosen / f"{split}.csv.gz").is_file()]
+        if missing:
+            raise ConfigError(f"{chosen} lacks {', '.join(missing)}")
+        return raw, chosen
+
+    def converted(self) -> Path:
+        raw, split = self.source_files()
+        digest = file_digest([raw / name for name in RAW_FILES] + [split / f"{s}.csv.gz" for s in SPLITS])
+        folder = self.cache_dir / "ogb" / f"{self.name}-{digest}-{self.dtype}-{'sym' if self.symmetrize else 'dir'}"
+        wanted = ("features.npy", "labels.npy", *CSR_FILES, *(f"{s}.npy" for s in SPLITS))
+        return build_once(folder, wanted, lambda partial:
+                          convert_ogb(raw, split, partial, self.dtype, self.symmetrize, progress=sys.stderr.isatty()))
+
+    def load_samples(self) -> Samples:
+        folder = self.converted()
+        self._folder = folder
+        store = FeatureStore(folder / "features.npy")
+        self.num_features = store.shape[1]
+        labels = torch.from_numpy(np.load(folder / "labels.npy")).long()
+        valid, test = (torch.from_numpy(np.load(folder / f"{s}.npy")).long() for s in ("valid", "test"))
+        return Samples(x=store, y=labels, test_index=test, val_index=valid)
+
+    def build_graph(self, samples: Samples) -> NeighborGraph | None:
+        return None if self.graph_spec.kind == "none" else load_csr(self._folder)
