@@ -52,5 +52,15 @@ class Batch:
         }
         return replace(self, **moved)
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies of the batch's tensors (DataLoader ``pin_memory=True``), so the
+        move to a GPU is one asynchronous copy; the graph stays where it is."""
+        pinned = {
+            f.name: getattr(self, f.name).pin_memory()
+            for f in fields(self)
+            if getattr(self, f.name) is not None and f.name != "graph"
+        }
+        return replace(self, **pinned)
+
     def __len__(self) -> int:
         return int(self.x.shape[0])

@@ -118,3 +118,14 @@ def test_synthetic_settings_fail_in_one_line_before_generating(tmp_path, setting
     with pytest.raises(ConfigError, match=message):
         SyntheticGraphDataModule(cache_dir=str(tmp_path), **settings)
     assert not (tmp_path / "synthetic").exists()
+
+
+def test_batches_are_pinned_only_for_a_gpu_trainer(tmp_path):
+    from types import SimpleNamespace
+
+    data = SyntheticGraphDataModule(num_nodes=500, feature_dim=4, cache_dir=str(tmp_path))
+    assert data.pin_memory is False  # no trainer yet
+    data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    assert data.pin_memory is False
+    data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert data.pin_memory is True

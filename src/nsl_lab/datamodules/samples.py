@@ -286,11 +286,17 @@ class SampleDataModule(pl.LightningDataModule):
                                                self.batch_size, self.labeled_per_batch, generator)
             if self._restored_cycle is not None:
                 self._top_up.cycle, self._restored_cycle = self._restored_cycle, None
-            return DataLoader(rows, batch_sampler=self._top_up, collate_fn=collate)
+            return DataLoader(rows, batch_sampler=self._top_up, collate_fn=collate, pin_memory=self.pin_memory)
         return DataLoader(
             self.rows[stage], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-            generator=generator, collate_fn=collate,
+            generator=generator, collate_fn=collate, pin_memory=self.pin_memory,
         )
+
+    @property
+    def pin_memory(self) -> bool:
+        """Batches gathered into page-locked memory when they go to a GPU (one async copy each)."""
+        trainer = getattr(self, "trainer", None)
+        return bool(trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") == "cuda")
 
     def state_dict(self) -> dict[str, Any]:
         """Generator states (and the labeled top-up's cycle) for checkpoints."""
