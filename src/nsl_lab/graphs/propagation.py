@@ -3,10 +3,39 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+import scipy.sparse
 import torch
 
 from nsl_lab.errors import check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph
+
+
+def symmetric_normalized_adjacency(graph: NeighborGraph) -> torch.Tensor:
+    r""":math:`S = D^{-1/2} (A + A^T) D^{-1/2}` as a sparse CSR tensor (float32, on the CPU),
+    :math:`D` the row sums of :math:`A + A^T` (an isolated node's row stays 0).
+
+    Built from the graph's own CSR arrays with scipy's int32-indexed CSR: at a million nodes and
+    10M edges its peak is a few hundred MB (a COO build sorts 20M int64 index pairs, ~1 GB), and
+    CSR products are ~17x faster than COO ones on one CPU thread.
+    """
+    graph = graph.to("cpu")
+    n = graph.num_nodes
+    index_type = np.int32 if graph.num_edges < 2**31 - 1 and n < 2**31 - 1 else np.int64
+    adjacency = scipy.sparse.csr_matrix(
+        (graph.weights.numpy(), graph.indices.numpy().astype(index_type), graph.indptr.numpy().astype(index_type)),
+        shape=(n, n),
+    )
+    both = (adjacency + adjacency.T).tocsr()  # duplicate pairs are summed
+    both.sum_duplicates()
+    scale = 1.0 / np.sqrt(np.maximum(np.asarray(both.sum(axis=1)).ravel(), 1e-12))
+    rows = np.repeat(np.arange(n), np.diff(both.indptr))
+    values = (scale[rows] * both.data * scale[both.indices]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(torch.from_numpy(both.indptr.astype(np.int64)),
+                                       torch.from_numpy(both.indices.astype(np.int64)),
+                                       torch.from_numpy(values), (n, n), check_invariants=False)
 
 
 def label_propagation(
@@ -24,18 +53,8 @@ def label_propagation(
     """
     check_range("label_propagation.alpha", alpha, 0.0, 1.0, high_inclusive=False)
     check_integer("label_propagation.steps", steps, 1)
-    source, target, weight = graph.edges()
+    normalized = symmetric_normalized_adjacency(graph).to(labels.device)
     n = graph.num_nodes
-    index = torch.cat([torch.stack([source, target]), torch.stack([target, source])], 1)
-    adjacency = torch.sparse_coo_tensor(index, torch.cat([weight, weight]).float(), (n, n), check_invariants=False).coalesce()
-    scale = torch.sparse.sum(adjacency, 1).to_dense().clamp_min(1e-12).rsqrt() if adjacency._nnz() else torch.ones(n, device=graph.device)
-    row, column = adjacency.indices()
-    normalized = torch.sparse_coo_tensor(adjacency.indices(), scale[row] * adjacency.values() * scale[column], (n, n),
-                                         check_invariants=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        # CSR products are ~17x faster than COO on one CPU thread (100k nodes, 2M edges: 24 vs 406 ms).
-        normalized = normalized.to_sparse_csr()
     start = torch.zeros(n, num_classes, device=labels.device)
     seeds = (labels >= 0).nonzero().flatten()
     start[seeds, labels[seeds]] = 1.0
