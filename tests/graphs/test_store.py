@@ -129,3 +129,10 @@ def test_batches_are_pinned_only_for_a_gpu_trainer(tmp_path):
     assert data.pin_memory is False
     data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
     assert data.pin_memory is True
+
+
+def test_too_few_nodes_for_the_classes_fail_in_one_line_and_leave_nothing(tmp_path):
+    data = SyntheticGraphDataModule(num_nodes=3, num_classes=10, cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"data.num_nodes=3 left class \d without a node"):
+        data.setup()
+    assert not list((tmp_path / "synthetic").iterdir())  # the partial folder is gone

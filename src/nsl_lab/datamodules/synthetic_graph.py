@@ -61,7 +61,8 @@ def generate_synthetic_graph(
     avg_degree / 2`` undirected pairs, each from a uniform node to a uniform node of the same
     class with probability ``homophily`` and of another class otherwise (so the share of
     same-class edges is ``homophily``), stored in both directions with weight 1; self-loops
-    are dropped. Every array is drawn in blocks, never all of it in memory at once.
+    are dropped. Features are drawn in blocks of rows, never all of them in memory at once; the
+    edges as a few integer vectors of ``N * avg_degree`` entries.
     """
     check_settings(num_nodes, avg_degree, num_classes, feature_dim, homophily, class_separation, dtype, seed)
     folder = Path(folder)
@@ -81,7 +82,11 @@ def generate_synthetic_graph(
     # Edges: a uniform source, then a uniform member of its class (or of another class).
     pairs = int(round(num_nodes * avg_degree / 2))
     members = np.argsort(labels, kind="stable")
-    class_start = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))])
+    counts = np.bincount(labels, minlength=num_classes)
+    if (counts == 0).any():
+        raise ConfigError(f"data.num_nodes={num_nodes} left class {int(np.argmin(counts))} without a node; "
+                          f"use more nodes or fewer classes (data.num_classes={num_classes})")
+    class_start = np.concatenate([[0], np.cumsum(counts)])
     source = rng.integers(0, num_nodes, pairs)
     target_class = labels[source]
     other = rng.random(pairs) >= homophily
