@@ -55,3 +55,42 @@ def test_every_class_keeps_a_label_and_counts_follow_the_fraction(frac, seed):
     expected = torch.clamp(torch.round(frac * pool_counts.double()), min=1).long()
     assert torch.equal(counts, expected)
     assert chosen.unique().numel() == chosen.numel()
+
+
+def test_uniform_label_draw_is_seeded_sized_and_keeps_every_class():
+    from nsl_lab.datamodules.label_fraction import label_subset, uniform_label_subset
+
+    labels = torch.arange(1000) % 4
+    pool = torch.arange(1000)
+    chosen = uniform_label_subset(labels, pool, seed=3, label_frac=0.05)
+    assert chosen.numel() == 50 and torch.equal(chosen, chosen.sort().values)
+    assert set(labels[chosen].tolist()) == {0, 1, 2, 3}
+    assert torch.equal(chosen, label_subset(labels, pool, 3, 0.05, sampling="uniform"))
+    assert not torch.equal(chosen, uniform_label_subset(labels, pool, seed=4, label_frac=0.05))
+    # Not stratified: the class counts vary (stratified would give 12 or 13 each).
+    counts = torch.bincount(labels[chosen], minlength=4)
+    assert counts.sum() == 50
+    # A draw too small to reach every class stops with one line.
+    with pytest.raises(ConfigError, match=r"label_sampling=uniform drew no label of class \d at data.label_frac=0.002"):
+        uniform_label_subset(labels, pool, seed=0, label_frac=0.002)
+    with pytest.raises(ConfigError, match="label_sampling=uniform draws data.label_frac"):
+        label_subset(labels, pool, 0, labels_per_class=3, sampling="uniform")
+    with pytest.raises(ConfigError, match="data.label_sampling='random' is not supported"):
+        label_subset(labels, pool, 0, 0.1, sampling="random")
+
+
+def test_planetoid_uniform_label_sampling(data_root, cache_dir):
+    from nsl_lab.datamodules import PlanetoidDataModule
+
+    settings = dict(data_dir=str(data_root), cache_dir=str(cache_dir), label_frac=0.05, seed=1)
+    uniform = PlanetoidDataModule("Cora", label_sampling="uniform", **settings)
+    uniform.setup()
+    stratified = PlanetoidDataModule("Cora", **settings)
+    stratified.setup()
+    labels = uniform.graph_data().train_labels
+    # 5% of Cora's 1208-node pool either way; uniformly drawn, the class counts are the pool's by chance.
+    assert uniform.n_labeled == stratified.n_labeled == 60
+    assert set(labels[uniform.labeled_index].tolist()) == set(range(7))
+    assert not torch.equal(uniform.labeled_index, stratified.labeled_index)
+    with pytest.raises(ConfigError, match="label_sampling=uniform draws data.label_frac"):
+        PlanetoidDataModule("Cora", label_sampling="uniform")

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from nsl_lab.batch import Batch
 from nsl_lab.context import GraphData, Requirement
-from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
+from nsl_lab.datamodules.label_fraction import LabelSampling, check_label_setting, label_subset
 from nsl_lab.errors import ConfigError, check_choice, check_integer
 from nsl_lab.files import default_cache_dir, file_digest, save_tensors
 from nsl_lab.modules.backbone import InputKind
@@ -109,6 +109,9 @@ class PlanetoidDataModule(pl.LightningDataModule):
         cache_dir: where processed files go (default ``$NSL_LAB_CACHE`` or ``~/.cache/nsl_lab``).
         label_frac: fraction of the training pool that keeps labels, in ``(0, 1]``.
         labels_per_class: alternatively, labeled nodes per class drawn from the pool.
+        label_sampling: ``stratified`` (``label_frac`` of each class, at least one each) or
+            ``uniform`` (``label_frac`` of the pool drawn uniformly, as some papers do; a class
+            left without a label stops the run with one line).
         seed: seed of the label draw.
         graph: ``natural`` (the citation graph), ``knn`` or a :class:`~nsl_lab.graphs.build.GraphSpec`
             mapping such as ``{kind: knn, k: 10, embedding: features}`` (a cosine kNN graph
@@ -135,6 +138,7 @@ class PlanetoidDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         label_frac: float | None = None,
         labels_per_class: int | None = None,
+        label_sampling: LabelSampling = "stratified",
         seed: int = 0,
         graph: "str | dict" = "natural",
         normalize_features: bool = True,
@@ -152,7 +156,12 @@ class PlanetoidDataModule(pl.LightningDataModule):
                 self.graph_spec = replace(self.graph_spec, embedding="features")
             check_choice("data.graph.embedding", self.graph_spec.embedding, ("features", "pca"))
         check_label_setting(label_frac, labels_per_class)
+        check_choice("data.label_sampling", label_sampling, LabelSampling)
+        if label_sampling == "uniform" and label_frac is None:
+            raise ConfigError("data.label_sampling=uniform draws data.label_frac of the training pool; set "
+                              "data.label_frac (labels_per_class and the public split are per class)")
         check_integer("seed", seed, 0)
+        self.label_sampling = label_sampling
         self.name, self.data_dir = name, Path(data_dir).expanduser()
         self.cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
         self.label_frac, self.labels_per_class, self.seed = label_frac, labels_per_class, int(seed)
@@ -246,9 +255,8 @@ class PlanetoidDataModule(pl.LightningDataModule):
         if self.label_frac is None and self.labels_per_class is None:
             labeled = data.train_mask.nonzero().flatten()
         else:
-            labeled = stratified_label_subset(
-                labels, ~evaluation, self.seed, self.label_frac, self.labels_per_class
-            )
+            labeled = label_subset(labels, ~evaluation, self.seed, self.label_frac, self.labels_per_class,
+                                   self.label_sampling)
         edge_index, edge_weight = data.edge_index, torch.ones(data.edge_index.shape[1])
         if self.graph_spec.kind == "knn":
             spec = self.graph_spec
