@@ -31,7 +31,13 @@ def build_regularizers(cfg: DictConfig | None) -> dict[str, Any]:
         return {}
     regularizers = {}
     for name, node in cfg.items():
-        if not isinstance(node, DictConfig) or "_target_" not in node:
+        if isinstance(node, DictConfig) and "_target_" not in node:
+            # A preset's settings for a term that the chosen regularizer option does not include.
+            settings = OmegaConf.to_container(node)
+            raise ConfigError(f"regularizer.{name} has settings {settings} but no term: the chosen regularizer leaves "
+                              f"'{name}' out; include it (e.g. regularizer='[...,{name}]') or drop the settings "
+                              f"with ~regularizer.{name}", f"regularizer.{name}")
+        if not isinstance(node, DictConfig):
             raise ConfigError(f"regularizer.{name} must be a config with a _target_, got {node!r}", f"regularizer.{name}")
         with config_scope(f"regularizer.{name}."):
             regularizers[str(name)] = instantiate(node)

@@ -14,8 +14,11 @@ SMALL = ["experiment=large_graph", "data.num_nodes=4000", "data.feature_dim=16",
 def test_large_graph_preset_trains_on_sampled_neighbours(tmp_path, cache_dir):
     _, metrics = run_train([*SMALL, "logger=csv", "trainer.log_every_n_steps=1"], tmp_path / "run", cache_dir,
                            in_process=True)
-    _, base = run_train([*SMALL, "regularizer=none", "data.neighbors=0"], tmp_path / "base", cache_dir,
-                        in_process=True)
+    # The preset's settings for the propagated term go with it (one line says so, and how).
+    completed, _ = run_train([*SMALL, "regularizer=none"], tmp_path / "bad", cache_dir, check=False, in_process=True)
+    assert completed.returncode == 2 and "~regularizer.propagated" in completed.stderr
+    _, base = run_train([*SMALL, "regularizer=none", "~regularizer.propagated", "data.neighbors=0"], tmp_path / "base",
+                        cache_dir, in_process=True)
     logged = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/graph_loss" in logged and "train/propagated_loss" in logged
     assert metrics["n_labeled"] == base["n_labeled"] < 40  # 1% of the ~2,880 training nodes
