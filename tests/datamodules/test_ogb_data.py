@@ -52,7 +52,7 @@ def test_ogb_layout_converts_once_into_a_store_csr_and_the_official_split(ogb_ro
     batch = next(iter(data.train_dataloader()))
     assert batch.x.shape == (8, 4) and batch.neighbors.x.shape == (16, 4)
     # A second datamodule reads the conversion; it does not convert again.
-    folder = data.converted()
+    folder = data.stored()
     stamp = (folder / "features.npy").stat().st_mtime_ns
     again = OGBDataModule(data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"), name="ogbn-tiny", label_frac=0.1)
     again.setup()

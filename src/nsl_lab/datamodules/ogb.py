@@ -6,20 +6,17 @@ import gzip
 import io
 import sys
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nsl_lab.datamodules.samples import SampleDataModule, Samples
+from nsl_lab.datamodules.stored_graph import STORED_FILES, StoredGraphDataModule
 from nsl_lab.errors import ConfigError, check_choice
 from nsl_lab.files import file_digest
 from nsl_lab.graphs.neighbors import NeighborGraph
-from nsl_lab.graphs.store import (
-    CSR_FILES, FeatureStore, StoreDtype, build_once, load_csr, save_csr, write_features,
-)
-from nsl_lab.modules.backbone import InputKind
+from nsl_lab.graphs.store import StoreDtype, build_once, save_csr, write_features
 
 RAW_FILES = ("node-feat.csv.gz", "edge.csv.gz", "node-label.csv.gz")
 SPLITS = ("train", "valid", "test")
@@ -49,6 +46,14 @@ def read_blocks(path: Path, dtype: type, columns: int | None = None) -> Iterator
             yield block
 
 
+def node_ids(path: Path, columns: int, num_nodes: int) -> np.ndarray:
+    """``[rows, columns]`` node ids read from ``path``, each checked to be in ``0 .. num_nodes - 1``."""
+    ids = np.concatenate(list(read_blocks(path, np.int64, columns)))
+    if ids.size and (ids.min() < 0 or ids.max() >= num_nodes):
+        raise ConfigError(f"{path} holds node ids outside 0 .. {num_nodes - 1}")
+    return ids
+
+
 def convert_ogb(raw_folder: Path, split_folder: Path, target: Path, dtype: StoreDtype, symmetrize: bool,
                 progress: bool = False) -> None:
     """Writes features, labels, CSR graph and split indices into ``target`` from an OGB folder."""
@@ -71,22 +76,17 @@ def convert_ogb(raw_folder: Path, split_folder: Path, target: Path, dtype: Store
     if len(labels) != num_nodes:
         raise ConfigError(f"{raw_folder}/node-label.csv.gz has {len(labels)} rows for {num_nodes} nodes")
     np.save(target / "labels.npy", labels)
-    edges = np.concatenate(list(read_blocks(raw_folder / "edge.csv.gz", np.int64, 2)))
-    if edges.size and (edges.min() < 0 or edges.max() >= num_nodes):
-        raise ConfigError(f"{raw_folder}/edge.csv.gz holds node ids outside 0 .. {num_nodes - 1}")
+    edges = node_ids(raw_folder / "edge.csv.gz", 2, num_nodes)
     edge_index = torch.from_numpy(edges.T.copy())
     if symmetrize:
         edge_index = torch.cat([edge_index, edge_index.flip(0)], 1)
         edge_index = edge_index[:, edge_index[0] != edge_index[1]].unique(dim=1)
     save_csr(target, NeighborGraph(edge_index, num_nodes))
     for split in SPLITS:
-        ids = np.concatenate(list(read_blocks(split_folder / f"{split}.csv.gz", np.int64, 1)))[:, 0]
-        if ids.size and (ids.min() < 0 or ids.max() >= num_nodes):
-            raise ConfigError(f"{split_folder}/{split}.csv.gz holds node ids outside 0 .. {num_nodes - 1}")
-        np.save(target / f"{split}.npy", ids)
+        np.save(target / f"{split}.npy", node_ids(split_folder / f"{split}.csv.gz", 1, num_nodes)[:, 0])
 
 
-class OGBDataModule(SampleDataModule):
+class OGBDataModule(StoredGraphDataModule):
     """``data=ogb``: an OGB node-property dataset in OGB's on-disk layout,
     ``<data_dir>/ogb/<name with _>/raw/{node-feat,edge,node-label}.csv.gz`` and
     ``.../split/<split_type>/{train,valid,test}.csv.gz`` (what ``ogb`` leaves after a download;
@@ -104,14 +104,9 @@ class OGBDataModule(SampleDataModule):
         **kwargs: see :class:`SampleDataModule` (``val_frac`` and ``test_frac`` are unused).
     """
 
-    input_kind: ClassVar[InputKind] = "features"
-    preset = "large_graph"
-    default_graph = "natural"
-
     def __init__(self, data_dir: str = "data", name: str = "ogbn-arxiv", split_type: str = "auto",
-                 symmetrize: bool = True, dtype: StoreDtype = "float32", graph: Any = "natural", **kwargs) -> None:
-        super().__init__(graph=graph, **kwargs)
-        check_choice("data.graph.kind", self.graph_spec.kind, ("natural", "none"))
+                 symmetrize: bool = True, dtype: StoreDtype = "float32", **kwargs) -> None:
+        super().__init__(**kwargs)
         check_choice("data.dtype", dtype, StoreDtype)
         if not name.startswith("ogbn-"):
             raise ConfigError(f"data.name={name!r} is not an OGB node-property dataset; allowed: names like 'ogbn-arxiv'")
@@ -146,22 +141,15 @@ class OGBDataModule(SampleDataModule):
             raise ConfigError(f"{chosen} lacks {', '.join(missing)}")
         return raw, chosen
 
-    def converted(self) -> Path:
+    def stored(self) -> Path:
+        """The converted folder, converted first when it is not complete."""
         raw, split = self.source_files()
         digest = file_digest([raw / name for name in RAW_FILES] + [split / f"{s}.csv.gz" for s in SPLITS])
         folder = self.cache_dir / "ogb" / f"{self.name}-{digest}-{self.dtype}-{'sym' if self.symmetrize else 'dir'}"
-        wanted = ("features.npy", "labels.npy", *CSR_FILES, *(f"{s}.npy" for s in SPLITS))
-        return build_once(folder, wanted, lambda partial:
+        return build_once(folder, (*STORED_FILES, *(f"{s}.npy" for s in SPLITS)), lambda partial:
                           convert_ogb(raw, split, partial, self.dtype, self.symmetrize, progress=sys.stderr.isatty()))
 
-    def load_samples(self) -> Samples:
-        folder = self.converted()
-        self._folder = folder
-        store = FeatureStore(folder / "features.npy")
-        self.num_features = store.shape[1]
-        labels = torch.from_numpy(np.load(folder / "labels.npy")).long()
+    def split_index(self, folder: Path) -> dict[str, torch.Tensor]:
+        """OGB's own validation and test nodes."""
         valid, test = (torch.from_numpy(np.load(folder / f"{s}.npy")).long() for s in ("valid", "test"))
-        return Samples(x=store, y=labels, test_index=test, val_index=valid)
-
-    def build_graph(self, samples: Samples) -> NeighborGraph | None:
-        return None if self.graph_spec.kind == "none" else load_csr(self._folder)
+        return {"test_index": test, "val_index": valid}

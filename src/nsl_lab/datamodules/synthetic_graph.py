@@ -7,19 +7,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nsl_lab.datamodules.samples import SampleDataModule, Samples
+from nsl_lab.datamodules.stored_graph import STORED_FILES, StoredGraphDataModule
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph
-from nsl_lab.graphs.store import (
-    CSR_FILES, FeatureStore, StoreDtype, build_once, load_csr, save_csr, write_features,
-)
-from nsl_lab.modules.backbone import InputKind
+from nsl_lab.graphs.store import StoreDtype, build_once, save_csr, write_features
 
 #: rows of features drawn at a time (bounds the generator's memory at block x feature_dim)
 BLOCK_ROWS = 65536
@@ -106,11 +103,10 @@ def generate_synthetic_graph(
     return summary
 
 
-class SyntheticGraphDataModule(SampleDataModule):
+class SyntheticGraphDataModule(StoredGraphDataModule):
     """``data=synthetic_graph``: :func:`generate_synthetic_graph`'s graph, generated once into
-    ``<cache>/synthetic/<hash of its settings>`` and read from there: features through a
-    memory-mapped :class:`~nsl_lab.graphs.store.FeatureStore` (rows gathered per batch,
-    neighbours' too), the CSR graph in memory. Splits as every :class:`SampleDataModule`
+    ``<cache>/synthetic/<hash of its settings>`` and read from there as every
+    :class:`~nsl_lab.datamodules.stored_graph.StoredGraphDataModule`. Splits as every :class:`SampleDataModule`
     (``test_frac``, ``val_frac``, then ``label_frac`` of the rest labeled).
 
     Args:
@@ -121,15 +117,11 @@ class SyntheticGraphDataModule(SampleDataModule):
         **kwargs: see :class:`SampleDataModule`.
     """
 
-    input_kind: ClassVar[InputKind] = "features"
-    preset = "large_graph"
-    default_graph = "natural"
 
     def __init__(self, num_nodes: int = 100_000, avg_degree: float = 10.0, num_classes: int = 10,
                  feature_dim: int = 128, homophily: float = 0.8, class_separation: float = 4.0,
-                 dtype: StoreDtype = "float32", graph_seed: int = 0, graph: Any = "natural", **kwargs) -> None:
-        super().__init__(graph=graph, **kwargs)
-        check_choice("data.graph.kind", self.graph_spec.kind, ("natural", "none"))
+                 dtype: StoreDtype = "float32", graph_seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.settings = {"num_nodes": num_nodes, "avg_degree": float(avg_degree), "num_classes": num_classes,
                          "feature_dim": feature_dim, "homophily": float(homophily),
                          "class_separation": float(class_separation), "dtype": dtype, "seed": int(graph_seed)}
@@ -140,25 +132,7 @@ class SyntheticGraphDataModule(SampleDataModule):
         key = hashlib.sha1(json.dumps({**self.settings, "version": GENERATOR_VERSION}, sort_keys=True).encode())
         return self.cache_dir / "synthetic" / key.hexdigest()[:16]
 
-    def generated(self) -> Path:
+    def stored(self) -> Path:
         """The data's folder, generated first when it is not complete."""
-        return build_once(self.folder, ("features.npy", "labels.npy", *CSR_FILES), lambda partial:
+        return build_once(self.folder, STORED_FILES, lambda partial:
                           generate_synthetic_graph(partial, **self.settings, progress=sys.stderr.isatty()))
-
-    def load_samples(self) -> Samples:
-        folder = self.generated()
-        store = FeatureStore(folder / "features.npy")
-        labels = np.load(folder / "labels.npy", allow_pickle=False)
-        if len(labels) != len(store):
-            raise ConfigError(f"{folder} holds {len(labels)} labels for {len(store)} feature rows; delete it to regenerate")
-        self.num_features = store.shape[1]
-        return Samples(x=store, y=torch.from_numpy(labels).long())  # type: ignore[arg-type]
-
-    def build_graph(self, samples: Samples) -> NeighborGraph | None:
-        if self.graph_spec.kind == "none":
-            return None
-        graph = load_csr(self.folder)
-        if graph.num_nodes != len(samples.y):
-            raise ConfigError(f"{self.folder} holds a graph of {graph.num_nodes} nodes for {len(samples.y)} samples; "
-                              "delete it to regenerate")
-        return graph
