@@ -171,4 +171,6 @@ class ResNet(ImageBackbone):
         self.features = nn.Sequential(*layers)
         self.hidden_layer = None
         self.classifier = nn.Linear(width, self.num_classes)
-        self._channels_last()
+        # Not channels-last, unlike the CNN: with torch 2.13's oneDNN on an AVX2-only CPU the
+        # input gradient of a channels-last ResNet corrupts the heap (abort in ~1 of 40 passes
+        # of an 8x8 batch; NCHW and the CNN never did), and attacks take that gradient.
