@@ -67,7 +67,8 @@ def main() -> None:
     import torchattacks
 
     from nsl_lab.attacks import AutoAttack
-    from nsl_lab.evaluate import load_run, locate, saved_config
+    from nsl_lab.evaluate import load_run, saved_config
+    from nsl_lab.saved_runs import locate
 
     run_dir, weights = locate(trained_run(args.run))
     backbone, datamodule = load_run(run_dir, weights, saved_config(run_dir, []), device="cpu")

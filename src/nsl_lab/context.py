@@ -7,7 +7,7 @@ The learner builds a :class:`TrainingStep` for every step; a datamodule provides
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Protocol, runtime_checkable
+from typing import Callable, Iterable, Literal, Mapping, Protocol, runtime_checkable
 
 import torch
 
@@ -92,3 +92,38 @@ class GraphDataSource(Protocol):
     """A datamodule that provides :class:`GraphData`."""
 
     def graph_data(self) -> GraphData: ...
+
+
+@dataclass(frozen=True)
+class LabeledSplits:
+    """Every row's label and the evaluation splits of a dataset, for probes trained on frozen
+    embeddings after label-free pretraining (:mod:`nsl_lab.probes`). Pretraining never sees
+    this object: the run asks for it only once the encoder is trained.
+
+    Attributes:
+        labels: ``[N]`` every row's class, ``-1`` where the dataset has none.
+        pool: rows whose labels a probe may train on (every row outside validation and test
+            that has a label); a label setting keeps a seeded share of them, drawn as the
+            datamodule draws its own (:func:`~nsl_lab.datamodules.label_fraction.label_subset`),
+            so a probe at ``(label_frac, seed)`` sees the labels a supervised run would.
+        val: the validation rows (the probe's settings are chosen on them).
+        test: the test rows.
+        standard: the dataset's own training rows (Planetoid's public split), or ``None``.
+        batches: every row's inputs as batches (``index`` = row ids), labels ``-1``.
+        label_sampling: how the datamodule draws a label fraction (``stratified`` or ``uniform``).
+    """
+
+    labels: torch.Tensor
+    pool: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    batches: Callable[[], Iterable[Batch]]
+    standard: torch.Tensor | None = None
+    label_sampling: str = "stratified"
+
+
+@runtime_checkable
+class LabeledSplitsSource(Protocol):
+    """A datamodule that provides :class:`LabeledSplits` (what probes need)."""
+
+    def labeled_splits(self) -> LabeledSplits: ...

@@ -28,48 +28,13 @@ from nsl_lab.attacks.evaluation import RobustEvaluation
 from nsl_lab.batch import Batch
 from nsl_lab.context import run_backbone
 from nsl_lab.errors import ConfigError, NslLabError, check_choice, config_scope, find_error
-from nsl_lab.files import MODEL_FILE, RESOLVED_CONFIG_FILE, write_json
+from nsl_lab.files import RESOLVED_CONFIG_FILE, write_json
+from nsl_lab.saved_runs import load_backbone, load_weights, locate
 
 log = logging.getLogger(__name__)
 
 EVAL_FILE = "eval.json"
 Device = Literal["auto", "cpu", "cuda"]
-
-
-def locate(path: str | Path) -> tuple[Path, Path]:
-    """The run directory (holding ``config_resolved.yaml``) and the weights file of ``path``: a
-    run directory, its ``model.pt``, or a checkpoint inside it (e.g. ``checkpoints/last.ckpt``)."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"run={str(path)!r} does not exist; give a run directory, its {MODEL_FILE} or a .ckpt",
-                          "run")
-    weights = path / MODEL_FILE if path.is_dir() else path
-    for folder in [weights.parent, *weights.parent.parents][:3]:
-        if (folder / RESOLVED_CONFIG_FILE).is_file():
-            break
-    else:
-        raise ConfigError(f"run={str(path)!r}: no {RESOLVED_CONFIG_FILE} in it or the two folders above; "
-                          "nsl-eval needs the directory of a finished run", "run")
-    if not weights.is_file():
-        raise ConfigError(f"run={str(path)!r} holds no {MODEL_FILE} (was checkpoint.save_model false?); "
-                          "give a .ckpt instead", "run")
-    return folder, weights
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The backbone's state dict from ``model.pt`` or a Lightning checkpoint (``backbone.``
-    entries of its ``state_dict``), never unpickling code."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - a corrupt or foreign file, reported in one line
-        raise ConfigError(f"run={str(path)!r} cannot be read as weights ({type(error).__name__}); "
-                          f"give a {MODEL_FILE} or a .ckpt written by nsl-train", "run") from None
-    if isinstance(payload, dict) and "state_dict" in payload:
-        prefix = "backbone."
-        return {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
-    if not isinstance(payload, dict):
-        raise ConfigError(f"run={str(path)!r} holds a {type(payload).__name__}, not a state dict", "run")
-    return payload
 
 
 def saved_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
@@ -100,17 +65,13 @@ def load_run(run_dir: Path, weights: Path, cfg: DictConfig,
     :func:`saved_config`): the pieces ``evaluate`` uses, for scripts that attack a saved model
     with other tools (e.g. ``benchmarks/autoattack_vs_torchattacks.py``)."""
     device = resolve_device(device)
-    state = load_weights(weights)
+    state = load_weights(weights, "run")
     with config_scope("data."):
         datamodule = instantiate(cfg.data)
         datamodule.setup("test")
     with config_scope("backbone."):
         backbone = instantiate(cfg.backbone, in_features=datamodule.num_features, num_classes=datamodule.num_classes)
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError as error:
-        raise ConfigError(f"the weights in {str(weights)!r} do not fit the saved backbone: "
-                          f"{str(error).splitlines()[0]}", "run") from None
+    load_backbone(backbone, state, weights, "run")
     return backbone.to(device).eval(), datamodule
 
 

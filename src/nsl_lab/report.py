@@ -1,8 +1,11 @@
-"""One table and a few plots from a Hydra multirun directory (``scripts/report.py``).
+"""One table and a few plots from Hydra multirun directories (``scripts/report.py``).
 
 Every job directory (one with ``.hydra/``) is read: ``metrics.json`` when it finished,
 ``failed.json`` when it crashed, neither when it never ended. Finished jobs are grouped by
-their overrides without ``seed`` and summarised as mean ± std over seeds.
+their overrides without ``seed`` and summarised as mean ± std over seeds. A label-free
+pretraining job (``learner=representation``) counts once per probe kind, label setting and
+draw (its ``probe/<kind>/<setting>/seed=<s>/...`` metrics), so its probe curves sit beside the
+supervised curves of another sweep given with ``--compare``.
 """
 from __future__ import annotations
 
@@ -65,11 +68,33 @@ def read_job(path: Path) -> Job:
     return job
 
 
+#: one probe draw's accuracy in a pretraining job's metrics (nsl_lab.probes)
+PROBE_KEY = re.compile(r"^probe/(?P<kind>[^/]+)/(?P<setting>standard|label_frac=[^/]+)/seed=(?P<seed>\d+)/"
+                       r"(?P<split>val|test)/acc$")
+
+
+def probe_jobs(job: Job) -> list[Job]:
+    """A finished pretraining job as one job per probe kind, label setting and draw (``test/acc``
+    and ``val/acc`` of that probe; ``standard`` is the public split); any other job as itself."""
+    draws: dict[tuple[str, str, int], dict[str, float]] = {}
+    for key, value in job.metrics.items():
+        match = PROBE_KEY.match(key)
+        if match:
+            draw = (match["kind"], match["setting"], int(match["seed"]))
+            draws.setdefault(draw, {"seed": draw[2]})[f"{match['split']}/acc"] = float(value)
+    if not draws:
+        return [job]
+    return [Job(job.path, job.status, job.overrides, f"{job.regularizer} -> {kind} probe",
+                None if setting == "standard" else float(setting.removeprefix("label_frac=")), metrics)
+            for (kind, setting, _), metrics in draws.items()]
+
+
 def collect(sweep_dir: str | Path) -> list[Job]:
-    """Every job under ``sweep_dir`` (any depth), in job-number order."""
+    """Every job under ``sweep_dir`` (any depth), in job-number order; pretraining jobs expanded
+    into their probe draws (:func:`probe_jobs`)."""
     found = sorted({p.parent.parent for p in Path(sweep_dir).glob("**/.hydra/overrides.yaml")},
                    key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
-    return [read_job(path) for path in found]
+    return [expanded for path in found for expanded in probe_jobs(read_job(path))]
 
 
 def metric_keys(jobs: list[Job]) -> list[str]:
@@ -215,13 +240,15 @@ def plot_epsilon(rows: list[Row], keys: list[str], path: Path) -> bool:
     return True
 
 
-def report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
+def report(sweep_dir: str | Path, out_dir: str | Path | None = None, compare: list[str | Path] = ()) -> dict[str, Any]:
     """Writes ``report.csv``, ``report.md`` and the plots into ``out_dir`` (default
-    ``<sweep_dir>/report``); returns the jobs, rows and file paths."""
+    ``<sweep_dir>/report``), with the jobs of the ``compare`` sweeps beside this one's (e.g.
+    the supervised label-fraction study beside a pretraining sweep's probes); returns the jobs,
+    rows and file paths."""
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = collect(sweep_dir)
+    jobs = [job for folder in (sweep_dir, *compare) for job in collect(folder)]
     rows, keys = summarise(jobs), metric_keys(jobs)
     plots = []
     if plot_label_frac(rows, out_dir / "accuracy_vs_label_frac.png"):

@@ -10,17 +10,20 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nsl_lab.attacks import RobustAccuracy
 from nsl_lab.callbacks import JobClock, LastCheckpoint
 from nsl_lab.compatibility import check_compatibility
+from nsl_lab.context import LabeledSplitsSource
 from nsl_lab.errors import ConfigError, check_integer, config_scope
 from nsl_lab.files import METRICS_FILE, MODEL_FILE, RESOLVED_CONFIG_FILE, save_tensors, write_json, write_text
 from nsl_lab.loggers import finish as finish_logger
 from nsl_lab.modules.learner import StructuredLearner
+from nsl_lab.probes import probe_encoder
 from nsl_lab.resume import checkpoint_dir, restore_logged_history, resume_path
+from nsl_lab.saved_runs import initialise_from
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,49 @@ def check_run_settings(cfg: DictConfig) -> None:
     check_integer("num_threads", cfg.get("num_threads"), 1, optional=True)
 
 
+def learner_class(cfg: DictConfig) -> type[StructuredLearner]:
+    """The class ``learner._target_`` names (a config saved before the learner group: the
+    supervised learner)."""
+    target = (cfg.get("learner") or {}).get("_target_")
+    if target is None:
+        return StructuredLearner
+    try:
+        found = get_class(str(target))
+    except Exception:  # noqa: BLE001 - Hydra's import errors, in one line
+        raise ConfigError(f"learner._target_={target!r} cannot be imported; allowed: a StructuredLearner "
+                          "subclass, e.g. nsl_lab.modules.RepresentationLearner", "learner._target_") from None
+    if not (isinstance(found, type) and issubclass(found, StructuredLearner)):
+        raise ConfigError(f"learner._target_={target!r} is not a StructuredLearner subclass", "learner._target_")
+    return found
+
+
+def check_learner(cfg: DictConfig, learner_type: type[StructuredLearner], regularizers: dict[str, Any]) -> None:
+    """A learner, its regularizers and the run's other settings that cannot work together,
+    before any data is loaded."""
+    learner_type.check_regularizers(regularizers)
+    if learner_type.validates:
+        return
+    if list((cfg.get("eval") or {}).get("eps") or []):
+        raise ConfigError(f"eval.eps={list(cfg.eval.eps)} needs a trained classifier, and {learner_type.__name__} "
+                          "trains none; fine-tune first (init_from=<this run's dir>) and evaluate that run",
+                          "eval.eps")
+    data_class = get_class(str(cfg.data._target_)) if "_target_" in (cfg.get("data") or {}) else None
+    if data_class is not None and not issubclass(data_class, LabeledSplitsSource):
+        raise ConfigError(f"{data_class.__name__} gives no labeled splits for probes (labeled_splits()); "
+                          f"{learner_type.__name__} needs them after pretraining", "data")
+
+
+def probe_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The ``probe`` block as :func:`~nsl_lab.probes.probe_encoder` arguments."""
+    settings = OmegaConf.to_container(cfg.get("probe") or {}, resolve=True)
+    allowed = {"label_fracs", "seeds", "kinds", "layer", "c_grid", "k_grid"}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ConfigError(f"probe.{unknown[0]} is not a probe setting; allowed: {', '.join(sorted(allowed))}",
+                          f"probe.{unknown[0]}")
+    return settings
+
+
 def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = None,
           cpu_started_at: float = 0.0) -> dict[str, float]:
     """Fits and tests one model; writes ``config_resolved.yaml``, ``model.pt`` (the tested
@@ -96,6 +142,9 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         torch.set_num_threads(int(cfg.num_threads))
     regularizers = build_regularizers(cfg.get("regularizer"))
     check_compatibility(cfg, regularizers)
+    learner_type = learner_class(cfg)
+    check_learner(cfg, learner_type, regularizers)
+    probes = {} if learner_type.validates else probe_settings(cfg)
     ckpt_path = resume_path(cfg, output_dir)
     clock = JobClock(started_at, cpu_started_at)
     callbacks = build_callbacks(cfg, output_dir, clock)
@@ -106,11 +155,14 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         datamodule.setup("fit")
     with config_scope("backbone."):
         backbone = instantiate(cfg.backbone, in_features=datamodule.num_features, num_classes=datamodule.num_classes)
+    if cfg.get("init_from"):
+        initialise_from(backbone, cfg.init_from)
     with config_scope("optimizer."):
         optimizer = instantiate(cfg.optimizer)
     with config_scope("learner."):
-        learner = StructuredLearner(backbone, regularizers, num_classes=datamodule.num_classes, optimizer=optimizer,
-                                    **cfg.get("learner", {}))
+        settings = {k: v for k, v in (cfg.get("learner") or {}).items() if k != "_target_"}
+        learner = learner_type(backbone, regularizers, num_classes=datamodule.num_classes, optimizer=optimizer,
+                               **settings)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     try:
         if logger:
@@ -119,9 +171,11 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         # "auto": a progress bar on a terminal only, never in a log file.
         progress = cfg.trainer.get("enable_progress_bar", "auto")
         progress = sys.stderr.isatty() if progress == "auto" else bool(progress)
+        # A label-free fit has nothing to validate: no validation loop at all.
+        no_validation = {} if learner_type.validates else {"limit_val_batches": 0}
         with config_scope("trainer."):
             trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
-                                              enable_progress_bar=progress)
+                                              enable_progress_bar=progress, **no_validation)
         # `deterministic` also makes torch fill every new tensor with NaN, a debugging aid that
         # costs a memory pass per allocation (~1.5 ms of a 30 ms Cora step) and changes no result.
         torch.utils.deterministic.fill_uninitialized_memory = False
@@ -132,22 +186,19 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         start = time.perf_counter()
         trainer.fit(learner, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         fit_seconds = time.perf_counter() - start
-        val_acc = learner.tested_val_acc()
-        if val_acc is None:  # the weights to be tested (the current ones) were never validated
-            trainer.validate(learner, datamodule=datamodule, verbose=False)
-            val_acc = learner.last_val_acc
-        tested = trainer.test(learner, datamodule=datamodule, verbose=False)
-
         metrics: dict[str, float] = {
-            "val/acc": float(val_acc),
             "seed": int(cfg.seed),
             "n_labeled": int(getattr(datamodule, "n_labeled", -1)),
             "fit_seconds": round(fit_seconds, 4),
             "epochs": int(trainer.current_epoch),
         }
+        if learner_type.validates:
+            metrics.update(validate_and_test(trainer, learner, datamodule))
+        else:  # the labels come only now, to the probes on the frozen encoder
+            metrics.update(probe_encoder(learner.backbone, datamodule.labeled_splits(), **probes,
+                                         own_train=datamodule.labeled_index, device=learner.device,
+                                         progress=progress))
         metrics.update(clock.metrics())
-        for key, value in (tested[0] if tested else {}).items():
-            metrics[key] = float(value)
         if trainer.is_global_zero:
             if (cfg.get("checkpoint") or {}).get("save_model", True):
                 save_tensors(output_dir / MODEL_FILE, learner.backbone.state_dict())
@@ -155,6 +206,18 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
     finally:
         finish_logger(logger)
     return metrics
+
+
+def validate_and_test(trainer: pl.Trainer, learner: StructuredLearner, datamodule: pl.LightningDataModule
+                      ) -> dict[str, float]:
+    """``val/acc`` of the weights the test stage uses (validated now if they never were) and
+    the test stage's metrics."""
+    val_acc = learner.tested_val_acc()
+    if val_acc is None:  # the weights to be tested (the current ones) were never validated
+        trainer.validate(learner, datamodule=datamodule, verbose=False)
+        val_acc = learner.last_val_acc
+    tested = trainer.test(learner, datamodule=datamodule, verbose=False)
+    return {"val/acc": float(val_acc), **{key: float(value) for key, value in (tested[0] if tested else {}).items()}}
 
 
 def summary_line(metrics: dict[str, float], output_dir: str | Path) -> str:

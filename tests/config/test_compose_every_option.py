@@ -10,11 +10,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nsl_lab.compose import CONF_DIR, compose_config, group_options
-from nsl_lab.modules import Backbone
+from nsl_lab.modules import Backbone, StructuredLearner
 from nsl_lab.regularizers import Regularizer
-from nsl_lab.run import build_regularizers
+from nsl_lab.run import build_regularizers, learner_class
 
-GROUPS = ["data", "backbone", "regularizer", "optimizer", "trainer", "callbacks", "logger", "paths", "debug"]
+GROUPS = ["data", "backbone", "regularizer", "learner", "optimizer", "trainer", "callbacks", "logger", "paths", "debug"]
 PRESETS = [("experiment", name) for name in group_options(CONF_DIR, "experiment")] + \
           [("sweep", name) for name in group_options(CONF_DIR, "sweep")]
 #: the datamodule's input and the backbone that takes it
@@ -44,6 +44,9 @@ def instantiate_all(cfg) -> None:
     assert all(isinstance(r, Regularizer) for r in regularizers.values())
     optimizer = instantiate(cfg.optimizer)(backbone.parameters())
     assert isinstance(optimizer, torch.optim.Optimizer)
+    learner_type = learner_class(cfg)
+    settings = {k: v for k, v in cfg.learner.items() if k != "_target_"}
+    assert isinstance(learner_type(backbone, regularizers, num_classes=3, **settings), StructuredLearner)
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
     assert all(isinstance(c, pl.Callback) for c in callbacks)
     trainer_settings = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -63,6 +66,8 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path):
     if group == "backbone":
         overrides += {"cnn": ["data=digits"], "resnet": ["data=digits"], "rnn": ["data=imdb"]}.get(option, [])
         overrides += ["regularizer=none"]
+    if (group, option) == ("learner", "representation"):
+        overrides += ["regularizer=neighborhood"]  # the default bundle reads labels
     if (group, option) == ("logger", "wandb"):
         overrides += ["logger.tags=[]"]  # its tags read Hydra's runtime choices, set by the CLI only
     cfg = compose(overrides, tmp_path)

@@ -103,3 +103,28 @@ def test_report_script_rejects_a_missing_dir(tmp_path):
     completed = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path / "nope")],
                                capture_output=True, text=True)
     assert completed.returncode == 2 and "is not a directory" in completed.stderr
+
+
+def test_probe_curves_sit_beside_the_supervised_sweep(tmp_path):
+    """A pretraining job per seed, each probing two label settings: its probes become lines of
+    their own beside the supervised sweep given with compare."""
+    pretrain, supervised = tmp_path / "pretrain", tmp_path / "supervised"
+    for seed in (0, 1):
+        probes = {f"probe/logreg/label_frac=0.01/seed={seed}/test/acc": 0.60 + 0.02 * seed,
+                  f"probe/logreg/label_frac=0.01/seed={seed}/val/acc": 0.61,
+                  f"probe/logreg/standard/seed={seed}/test/acc": 0.80,
+                  f"probe/logreg/standard/seed={seed}/val/acc": 0.79,
+                  "probe/logreg/label_frac=0.01/test/acc": 0.6,  # a mean: not a draw, not a job
+                  "test/acc": 0.8, "val/acc": 0.79, "seed": seed}
+        fake_job(pretrain, seed, ["experiment=cora_representation", f"seed={seed}"], "neighborhood", None, probes)
+        for num, frac in enumerate((0.01, None)):
+            fake_job(supervised, 2 * seed + num, ["regularizer=graph", f"seed={seed}"], "graph", frac,
+                     {"test/acc": 0.5 if frac else 0.7, "val/acc": 0.5, "seed": seed})
+    result = report(pretrain, compare=[supervised])
+    rows = {(r.regularizer, r.label_frac): r for r in result["rows"]}
+    probe = rows[("neighborhood -> logreg probe", 0.01)]
+    assert probe.seeds == [0, 1] and probe.stats["test/acc"] == pytest.approx((0.61, 0.0141421356), rel=1e-5)
+    assert rows[("neighborhood -> logreg probe", None)].stats["test/acc"][0] == pytest.approx(0.80)
+    assert rows[("graph", 0.01)].stats["test/acc"][0] == pytest.approx(0.5)
+    assert (result["out_dir"] / "accuracy_vs_label_frac.png").stat().st_size > 1000
+    assert "neighborhood -> logreg probe" in (result["out_dir"] / "report.md").read_text()

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nsl_lab.batch import Batch
-from nsl_lab.context import GraphData, Requirement
+from nsl_lab.context import GraphData, LabeledSplits, Requirement
 from nsl_lab.datamodules.label_fraction import LabelSampling, check_label_setting, label_subset
 from nsl_lab.errors import ConfigError, check_choice, check_integer
 from nsl_lab.files import default_cache_dir, file_digest, save_tensors
@@ -269,6 +269,7 @@ class PlanetoidDataModule(pl.LightningDataModule):
         self.num_features, self.num_classes = int(x.shape[1]), int(labels.max()) + 1
         self.num_nodes, self.n_labeled = int(data.num_nodes), int(labeled.numel())
         self.labeled_index = labeled
+        self._labels, self._pool, self._public = labels, (~evaluation).nonzero().flatten(), data.train_mask.nonzero().flatten()
         index = torch.arange(self.num_nodes)
 
         def stage_batch(nodes: torch.Tensor) -> Batch:
@@ -288,6 +289,14 @@ class PlanetoidDataModule(pl.LightningDataModule):
         rows = {"train": torch.arange(self.num_nodes),  # the training batch is every node
                 **{stage: self._batches[stage].labeled.nonzero().flatten() for stage in ("val", "test")}}
         return GraphData(self.graph, self._batches["train"].y, self.num_classes, rows, full_batch=True)
+
+    def labeled_splits(self) -> LabeledSplits:
+        """Every node's label, the pool outside validation and test, and the public split (the
+        ``standard`` setting of probes); one batch of every node, unlabeled."""
+        unlabeled = replace(self._batches["train"], y=torch.full_like(self._labels, -1))
+        return LabeledSplits(self._labels, self._pool, *(self._batches[stage].labeled.nonzero().flatten()
+                                                         for stage in ("val", "test")),
+                             batches=lambda: [unlabeled], standard=self._public, label_sampling=self.label_sampling)
 
     def _scored_rows(self, stage: str) -> Batch:
         """The stage's batch cut to its labeled rows.

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from nsl_lab.batch import Batch, trim_padding
-from nsl_lab.context import GraphData, Requirement
+from nsl_lab.context import GraphData, LabeledSplits, Requirement
 from nsl_lab.datamodules.generators import SeededGenerators
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
@@ -248,6 +248,7 @@ class SampleDataModule(pl.LightningDataModule):
         self.y_test[test] = y[test]
         self.rows = {"train": train_rows, "val": val, "test": test}
         self.labeled_index, self.n_labeled = labeled, int(labeled.numel())
+        self._pool = train_pool
         self.num_classes = int(y.max()) + 1
         self.graph = self.build_graph(samples)
         self._ready = True
@@ -258,6 +259,19 @@ class SampleDataModule(pl.LightningDataModule):
         return GraphData(self.graph, self.y_train, self.num_classes, dict(self.rows),
                          batch_rows=lambda rows: self.rows_batch(rows, self.y_train),
                          eval_batch_size=self.eval_batch_size)
+
+    def labeled_splits(self) -> LabeledSplits:
+        """Every row's label, the labeled training pool (a label fraction of it is drawn as
+        :meth:`setup` draws ``label_frac``) and the validation and test rows of this seed's
+        split; every row in batches of ``eval_batch_size``, unlabeled."""
+        y = self.samples.y.long()
+        unlabeled = torch.full_like(y, -1)
+
+        def batches():
+            for rows in torch.arange(y.numel()).split(self.eval_batch_size):
+                yield self.rows_batch(rows, unlabeled)
+
+        return LabeledSplits(y, self._pool, self.rows["val"], self.rows["test"], batches=batches)
 
     def rows_batch(self, index: torch.Tensor, y: torch.Tensor) -> Batch:
         lengths = None if self.samples.lengths is None else self.samples.lengths[index]

@@ -3,7 +3,9 @@ from nsl_lab.modules.backbone import Backbone, Output, WrappedModule, as_backbon
 from nsl_lab.modules.cnn import CNN, ResNet
 from nsl_lab.modules.ffn import FFN
 from nsl_lab.modules.learner import StructuredLearner
+from nsl_lab.modules.representation import RepresentationLearner
 from nsl_lab.modules.rnn import RNNClassifier
 
-__all__ = ["Backbone", "CNN", "FFN", "Output", "RNNClassifier", "ResNet", "StructuredLearner", "WrappedModule",
+__all__ = ["Backbone", "CNN", "FFN", "Output", "RNNClassifier", "RepresentationLearner", "ResNet",
+           "StructuredLearner", "WrappedModule",
            "as_backbone", "as_output"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -90,6 +90,14 @@ class StructuredLearner(pl.LightningModule):
         self.last_val_acc: float | None = None
         self.last_val_step: int | None = None
 
+    #: whether a fit validates (a label-free learner has nothing to validate)
+    validates: ClassVar[bool] = True
+
+    @classmethod
+    def check_regularizers(cls, regularizers: "Mapping[str, Regularizer]") -> None:
+        """Raises one :class:`ConfigError` line when this learner cannot train with these
+        regularizers (the run calls it before any data is loaded); any set works here."""
+
     def _make_metrics(self) -> None:
         self.num_classes = int(self.num_classes)
         self.val_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
@@ -161,16 +169,21 @@ class StructuredLearner(pl.LightningModule):
             loss, embedding_grad = self.clean_backward(loss, embedding)
         step = TrainingStep(batch, output, self.backbone, int(self.current_epoch), int(self.num_classes),
                             embedding, embedding_grad)
-        terms = {"train/supervised_loss": loss.detach()}
+        return self.add_terms(step, loss, {"train/supervised_loss": loss.detach()},
+                              batch_size=max(int(batch.labeled.sum()), 1))
+
+    def add_terms(self, step: TrainingStep, loss: torch.Tensor, terms: dict[str, torch.Tensor],
+                  batch_size: int) -> torch.Tensor:
+        """``loss`` plus every regularizer's term on ``step``; logs each term and the total
+        (on the steps the logger writes)."""
         for name, regularizer in self.regularizers.items():
             term = regularizer(step)
             loss = loss + term
             terms[f"train/{name}_loss"] = term.detach()
         if self.logger_writes_this_step():
-            size = max(int(batch.labeled.sum()), 1)
             for key, value in terms.items():
-                self.log(key, value, batch_size=size)
-            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=size)
+                self.log(key, value, batch_size=batch_size)
+            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         return loss
 
     def logger_writes_this_step(self) -> bool:

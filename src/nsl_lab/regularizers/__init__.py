@@ -6,13 +6,14 @@ from nsl_lab.regularizers.base import Regularizer
 from nsl_lab.regularizers.contrastive import NeighborContrastiveRegularizer
 from nsl_lab.regularizers.distances import pairwise_distance, reduce_weighted
 from nsl_lab.regularizers.graph import GraphRegularizer
+from nsl_lab.regularizers.neighborhood import NeighborhoodContrastiveRegularizer
 from nsl_lab.regularizers.propagated import PropagatedLabelRegularizer
 from nsl_lab.regularizers.trades import TRADESRegularizer
 from nsl_lab.regularizers.virtual_adversarial import VirtualAdversarialRegularizer
 
 __all__ = [
     "AdversarialRegularizer", "ClassBalanceRegularizer", "GraphData", "GraphRegularizer",
-    "NeighborContrastiveRegularizer", "PropagatedLabelRegularizer", "Regularizer", "TRADESRegularizer", "TrainingStep",
+    "NeighborContrastiveRegularizer", "NeighborhoodContrastiveRegularizer", "PropagatedLabelRegularizer", "Regularizer", "TRADESRegularizer", "TrainingStep",
     "VirtualAdversarialRegularizer",
     "pairwise_distance", "reduce_weighted",
 ]

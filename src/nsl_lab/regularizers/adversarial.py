@@ -68,6 +68,10 @@ class AdversarialRegularizer(Regularizer):
                    "epsilon": "pgd_epsilon"},
         )
 
+    @property
+    def reads_labels(self) -> bool:
+        return True  # the supervised loss at the perturbed input
+
     def loss(self, step: TrainingStep) -> torch.Tensor | None:
         """The unscaled supervised loss on the adversarial neighbours of the batch."""
         batch, backbone = step.batch, step.backbone

@@ -63,6 +63,10 @@ class ClassBalanceRegularizer(Regularizer):
             min_share = float(check_range("min_share", min_share, 0.0, 1.0, low_inclusive=False))
         self.min_share = min_share
 
+    @property
+    def reads_labels(self) -> bool:
+        return self.prior == "labeled"
+
     def class_prior(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         """:math:`\\pi` for labels ``y`` (``-1`` = unlabeled), on ``y``'s device.
 

@@ -47,6 +47,12 @@ class Regularizer(nn.Module):
         """What this regularizer needs of the data (checked before any data is loaded)."""
         return frozenset()
 
+    @property
+    def reads_labels(self) -> bool:
+        """Whether the term depends on which rows are labeled or on their classes. Label-free
+        pretraining (``learner=representation``) accepts only terms that do not."""
+        return False
+
     def weight(self, epoch: int) -> float:
         """The multiplier at ``epoch`` (0-based)."""
         if not self.warmup_epochs:

@@ -121,6 +121,11 @@ class GraphRegularizer(Regularizer):
     def requirements(self) -> frozenset[Requirement]:
         return frozenset({"batch_graph"} if self.full_graph else {"neighbors"})
 
+    @property
+    def reads_labels(self) -> bool:
+        """Labeled seeds, or pair weights that tell labeled from unlabeled ends."""
+        return self.seeds == "labeled" or len(set(self.pair_weights)) > 1
+
     def setup(self, data: GraphData) -> None:
         """With full-graph data every step's pairs are the same: every edge or the top-k
         neighbours of every node (as batch rows = node ids), found once here."""

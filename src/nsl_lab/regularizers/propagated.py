@@ -98,6 +98,10 @@ class PropagatedLabelRegularizer(Regularizer):
     def requirements(self) -> frozenset[Requirement]:
         return frozenset({"graph", "unlabeled_in_batch"})
 
+    @property
+    def reads_labels(self) -> bool:
+        return True  # it propagates the training labels
+
     def pseudo_labels(self, graph: NeighborGraph, train_labels: torch.Tensor, num_classes: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(pseudo_label [N], weight [N])``: :math:`\\hat y` and :math:`w` (0 where unreached)."""
