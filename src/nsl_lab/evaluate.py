@@ -29,6 +29,7 @@ from nsl_lab.batch import Batch
 from nsl_lab.context import run_backbone
 from nsl_lab.errors import ConfigError, NslLabError, check_choice, config_scope, find_error
 from nsl_lab.files import RESOLVED_CONFIG_FILE, write_json
+from nsl_lab.run import learner_class
 from nsl_lab.saved_runs import load_backbone, load_weights, locate
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | N
     device = resolve_device(device)
     run_dir, weights = locate(run)
     cfg = saved_config(run_dir, overrides)
+    if not learner_class(cfg).validates:
+        raise ConfigError(f"run={str(run)!r} is a label-free pretraining: its classifier was never trained; "
+                          "fine-tune it (nsl-train init_from=<this run>) and evaluate that run", "run")
     settings = OmegaConf.to_container(cfg.get("eval") or {}, resolve=True)
     with config_scope("eval."):  # bad settings fail before any data is loaded
         evaluation = RobustEvaluation.from_config(**settings)

@@ -23,7 +23,7 @@ from nsl_lab.loggers import finish as finish_logger
 from nsl_lab.modules.learner import StructuredLearner
 from nsl_lab.probes import probe_encoder
 from nsl_lab.resume import checkpoint_dir, restore_logged_history, resume_path
-from nsl_lab.saved_runs import initialise_from
+from nsl_lab.saved_runs import initialise_from, locate
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,8 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
     learner_type = learner_class(cfg)
     check_learner(cfg, learner_type, regularizers)
     probes = {} if learner_type.validates else probe_settings(cfg)
+    if cfg.get("init_from"):
+        locate(cfg.init_from, "init_from")  # a wrong path fails now; the weights' shapes once the backbone exists
     ckpt_path = resume_path(cfg, output_dir)
     clock = JobClock(started_at, cpu_started_at)
     callbacks = build_callbacks(cfg, output_dir, clock)

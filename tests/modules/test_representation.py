@@ -12,6 +12,7 @@ import torch
 from conftest import run_train
 from nsl_lab.datamodules import PlanetoidDataModule
 from nsl_lab.errors import ConfigError
+from nsl_lab.evaluate import evaluate
 from nsl_lab.files import MODEL_FILE
 from nsl_lab.losses import supervised_loss
 from nsl_lab.modules import FFN, RepresentationLearner
@@ -110,6 +111,8 @@ def test_one_pretraining_probes_every_setting_and_fine_tunes(tmp_path, data_root
     backbone = FFN(1433, 7, [256], dropout=0.6, activation="gelu", layer_norm=True, projection_size=256)
     initialise_from(backbone, tmp_path / "pretrain")
     assert all(torch.equal(backbone.state_dict()[k], v) for k, v in pretrained.items())
+    with pytest.raises(ConfigError, match="is a label-free pretraining: its classifier was never trained"):
+        evaluate(tmp_path / "pretrain", ["eval.eps=[0.1]"])
     _, tuned = run_train([f"init_from={tmp_path / 'pretrain'}", "regularizer=none", "trainer.max_epochs=2",
                           "logger=none", "data.label_frac=0.05"], tmp_path / "tune", cache_dir, data_root,
                          in_process=True)
