@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nsl_lab.report import log_to_wandb, report
+from nsl_lab.report import log_to_wandb, report, status_counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if not jobs:
         print(f"report: error: no Hydra jobs (*/.hydra/overrides.yaml) under {args.sweep_dir}", file=sys.stderr)
         return 2
-    counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "failed", "unfinished")}
+    counts = status_counts(jobs)
     print((result["out_dir"] / "report.md").read_text())
     print(f"{counts['finished']} finished, {counts['failed']} failed, {counts['unfinished']} unfinished; "
           f"wrote {', '.join(str(p) for p in result['files'])}")

@@ -97,6 +97,12 @@ def collect(sweep_dir: str | Path) -> list[Job]:
     return [expanded for path in found for expanded in probe_jobs(read_job(path))]
 
 
+def status_counts(jobs: list[Job]) -> dict[str, int]:
+    """Job directories per status (a pretraining job's probe draws count once)."""
+    status = {job.path: job.status for job in jobs}
+    return {s: sum(v == s for v in status.values()) for s in ("finished", "failed", "unfinished")}
+
+
 def metric_keys(jobs: list[Job]) -> list[str]:
     keys = {k for j in jobs for k, v in j.metrics.items() if k.startswith(("test/", "val/"))
             and isinstance(v, (int, float))}
@@ -160,9 +166,9 @@ def markdown(rows: list[Row], keys: list[str], jobs: list[Job], sweep_dir: Path,
     def cell(mean: float, std: float) -> str:
         return "–" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
-    finished = sum(j.status == "finished" for j in jobs)
+    counts = status_counts(jobs)
     lines = [f"# Sweep report: {sweep_dir}", "",
-             f"{finished} of {len(jobs)} jobs finished. Accuracies in %, mean ± std over seeds.", "",
+             f"{counts['finished']} of {sum(counts.values())} jobs finished. Accuracies in %, mean ± std over seeds.", "",
              "| regularizer | label_frac | setting | seeds | " + " | ".join(keys) + " |",
              "|---|---|---|---|" + "---|" * len(keys)]
     for r in rows:
