@@ -66,13 +66,13 @@ def load_run(run_dir: Path, weights: Path, cfg: DictConfig,
     :func:`saved_config`): the pieces ``evaluate`` uses, for scripts that attack a saved model
     with other tools (e.g. ``benchmarks/autoattack_vs_torchattacks.py``)."""
     device = resolve_device(device)
-    state = load_weights(weights, "run")
+    state = load_weights(weights)
     with config_scope("data."):
         datamodule = instantiate(cfg.data)
         datamodule.setup("test")
     with config_scope("backbone."):
         backbone = instantiate(cfg.backbone, in_features=datamodule.num_features, num_classes=datamodule.num_classes)
-    load_backbone(backbone, state, weights, "run")
+    load_backbone(backbone, state, weights)
     return backbone.to(device).eval(), datamodule
 
 

@@ -269,7 +269,9 @@ class PlanetoidDataModule(pl.LightningDataModule):
         self.num_features, self.num_classes = int(x.shape[1]), int(labels.max()) + 1
         self.num_nodes, self.n_labeled = int(data.num_nodes), int(labeled.numel())
         self.labeled_index = labeled
-        self._labels, self._pool, self._public = labels, (~evaluation).nonzero().flatten(), data.train_mask.nonzero().flatten()
+        # For probes after label-free pretraining (labeled_splits): every label, the pool, the public split.
+        self._labels, self._pool = labels, (~evaluation).nonzero().flatten()
+        self._public = data.train_mask.nonzero().flatten()
         index = torch.arange(self.num_nodes)
 
         def stage_batch(nodes: torch.Tensor) -> Batch:

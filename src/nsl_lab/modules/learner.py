@@ -60,6 +60,14 @@ class StructuredLearner(pl.LightningModule):
     one :class:`~nsl_lab.context.TrainingStep`.
     """
 
+    #: whether a fit validates (a label-free learner has nothing to validate)
+    validates: ClassVar[bool] = True
+
+    @classmethod
+    def check_regularizers(cls, regularizers: "Mapping[str, Regularizer]") -> None:
+        """Raises one :class:`ConfigError` line when this learner cannot train with these
+        regularizers (the run calls it before any data is loaded); any set works here."""
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -89,14 +97,6 @@ class StructuredLearner(pl.LightningModule):
         #: accuracy of the last validation and the optimizer step it ran after
         self.last_val_acc: float | None = None
         self.last_val_step: int | None = None
-
-    #: whether a fit validates (a label-free learner has nothing to validate)
-    validates: ClassVar[bool] = True
-
-    @classmethod
-    def check_regularizers(cls, regularizers: "Mapping[str, Regularizer]") -> None:
-        """Raises one :class:`ConfigError` line when this learner cannot train with these
-        regularizers (the run calls it before any data is loaded); any set works here."""
 
     def _make_metrics(self) -> None:
         self.num_classes = int(self.num_classes)
