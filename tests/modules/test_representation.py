@@ -140,3 +140,15 @@ def test_bad_representation_settings_fail_in_one_line(args, message, tmp_path, d
     assert not (tmp_path / "run" / "metrics.json").exists()
     failure = json.loads((tmp_path / "run" / "failed.json").read_text())
     assert message in json.dumps(failure)
+
+
+@pytest.mark.slow
+def test_pretraining_runs_on_two_ddp_processes(tmp_path, data_root, cache_dir):
+    """The neighbourhood term sizes its projection W at the first step; under DDP the learner sizes
+    it before the model is wrapped (DDP cannot wrap unsized parameters), and the run probes once."""
+    args = [*PRETRAIN, "trainer.max_epochs=10", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "probe.label_fracs=[standard]"]
+    _, metrics = run_train(args, tmp_path / "ddp", cache_dir, data_root)
+    assert metrics["probe/logreg/standard/seed=0/test/acc"] > 0.5  # chance is 1/7
+    assert len(list((tmp_path / "ddp").glob("**/metrics.json"))) == 1
+    assert (tmp_path / "ddp" / MODEL_FILE).is_file()

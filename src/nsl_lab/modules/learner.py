@@ -21,6 +21,11 @@ if TYPE_CHECKING:  # the learner runs any module with this interface; it never i
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
+def has_lazy_parameters(module: nn.Module) -> bool:
+    """Whether ``module`` holds a parameter not yet sized (a lazy layer before its first call)."""
+    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters())
+
+
 class PrecomputedGradient(torch.autograd.Function):
     """``value`` in the forward pass; in the backward pass hands ``grads`` (already computed
     for ``params``) to the parameters, scaled by the incoming gradient. Lets one backward pass
@@ -109,6 +114,26 @@ class StructuredLearner(pl.LightningModule):
             if self.num_classes is None:
                 raise ConfigError("pass num_classes to StructuredLearner (neither backbone nor datamodule has it)")
             self._make_metrics()
+        if stage == "fit" and self.trainer.world_size > 1 and has_lazy_parameters(self):
+            self.materialize_lazy_parameters()
+
+    def materialize_lazy_parameters(self) -> None:
+        """Sizes parameters that a regularizer sizes at its first step (a lazy layer), by one
+        forward pass of the terms on the first training batch, without gradients and under a
+        forked RNG. DDP wraps the model only after this hook and cannot wrap unsized parameters;
+        a single process sizes them at its first step instead, drawing their initial values from
+        the RNG stream there."""
+        datamodule = self.trainer.datamodule
+        data = self.graph_data()
+        if data is not None:
+            for regularizer in self.regularizers.values():
+                regularizer.setup(data)
+        batch = next(iter(datamodule.train_dataloader()))
+        with torch.random.fork_rng(), torch.no_grad():
+            output = self(batch)
+            step = TrainingStep(batch, output, self.backbone, 0, int(self.num_classes))
+            for regularizer in self.regularizers.values():
+                regularizer(step)
 
     def forward(self, batch: Batch) -> Output:
         return run_backbone(self.backbone, batch)
