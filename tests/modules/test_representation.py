@@ -152,3 +152,21 @@ def test_pretraining_runs_on_two_ddp_processes(tmp_path, data_root, cache_dir):
     assert metrics["probe/logreg/standard/seed=0/test/acc"] > 0.5  # chance is 1/7
     assert len(list((tmp_path / "ddp").glob("**/metrics.json"))) == 1
     assert (tmp_path / "ddp" / MODEL_FILE).is_file()
+
+
+@pytest.mark.slow
+def test_a_resumed_pretraining_equals_an_uninterrupted_one(tmp_path, data_root, cache_dir):
+    """last.ckpt holds the lazily sized W, its Adam state and every RNG: resuming a 4-epoch
+    pretraining to 8 epochs gives the weights of an 8-epoch run, bit for bit."""
+    common = [*PRETRAIN, "checkpoint.every_n_epochs=2", "probe.label_fracs=[standard]"]
+    run_train([*common, "trainer.max_epochs=4", "checkpoint.keep=true"], tmp_path / "first", cache_dir, data_root,
+              in_process=True)
+    (last,) = (tmp_path / "first").glob("checkpoints/*/last.ckpt")
+    assert any("projection.weight" in key for key in torch.load(last, weights_only=True)["state_dict"])
+    _, resumed = run_train([*common, "trainer.max_epochs=8", f"ckpt_path={last}"], tmp_path / "resumed", cache_dir,
+                           data_root, in_process=True)
+    _, whole = run_train([*common, "trainer.max_epochs=8"], tmp_path / "whole", cache_dir, data_root, in_process=True)
+    assert resumed["start_epoch"] == 4 and whole["start_epoch"] == 0
+    weights = [torch.load(tmp_path / name / MODEL_FILE, weights_only=True) for name in ("resumed", "whole")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+    assert resumed["test/acc"] == whole["test/acc"]
