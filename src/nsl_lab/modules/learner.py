@@ -181,14 +181,18 @@ class StructuredLearner(pl.LightningModule):
         grads = torch.autograd.grad(loss, [embedding, *params], retain_graph=retain, allow_unused=True)
         return PrecomputedGradient.apply(loss.detach(), grads[1:], *params), grads[0]
 
+    def clean_forward(self, batch: Batch) -> tuple[Output, torch.Tensor | None]:
+        """The backbone's output on ``batch`` and, when a regularizer perturbs the input
+        embedding, that embedding (:meth:`embedding_leaf`), which the output was computed from."""
+        if not self.needs_embedding:
+            return self(batch), None
+        embedding = self.embedding_leaf(batch)
+        extra = {} if batch.lengths is None else {"lengths": batch.lengths}
+        return self.backbone.head(embedding, **extra), embedding
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        embedding = embedding_grad = None
-        if self.needs_embedding:
-            embedding = self.embedding_leaf(batch)
-            extra = {} if batch.lengths is None else {"lengths": batch.lengths}
-            output = self.backbone.head(embedding, **extra)
-        else:
-            output = self(batch)
+        output, embedding = self.clean_forward(batch)
+        embedding_grad = None
         loss = supervised_loss(output.logits, batch.y)
         if embedding is not None and embedding.requires_grad:
             loss, embedding_grad = self.clean_backward(loss, embedding)

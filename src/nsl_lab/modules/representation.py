@@ -82,13 +82,7 @@ class RepresentationLearner(StructuredLearner):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         batch = without_labels(batch)
-        embedding = None
-        if self.needs_embedding:  # VAT perturbs the input embedding: it must be a leaf
-            embedding = self.embedding_leaf(batch)
-            extra = {} if batch.lengths is None else {"lengths": batch.lengths}
-            output = self.backbone.head(embedding, **extra)
-        else:
-            output = self(batch)
+        output, embedding = self.clean_forward(batch)  # VAT perturbs the embedding: a leaf
         step = TrainingStep(batch, output, self.backbone, int(self.current_epoch), int(self.num_classes or 0),
                             embedding)
         # A zero that still reaches the parameters: a step where no term applies backpropagates 0.
