@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from statistics import fmean, stdev
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from nsl_lab.context import LabeledSplits, run_backbone
 from nsl_lab.datamodules.label_fraction import label_subset
-from nsl_lab.errors import ConfigError, check_choice, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.modules.backbone import Backbone
 
 ProbeKind = Literal["logreg", "knn"]
@@ -38,6 +38,7 @@ Layer = Literal["hidden", "logits"]
 STANDARD = "standard"
 DEFAULT_C = (0.01, 0.1, 1.0, 10.0, 100.0)
 DEFAULT_K = (1, 5, 10, 20, 50)
+KNN_CHUNK_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,13 @@ class ProbeResult:
 def embed_rows(backbone: Backbone, splits: LabeledSplits, layer: Layer = "hidden",
                device: torch.device | str = "cpu") -> torch.Tensor:
     """``[N, d]``: every row's embedding (the backbone's ``hidden`` output, or its logits) in
-    eval mode; the backbone's mode is restored."""
+    eval mode on ``device``; the backbone's mode and device are restored. Rows that
+    ``splits.batches`` leaves out stay zero."""
     check_choice("probe.layer", layer, Layer)
     was_training = backbone.training
-    backbone.eval()
+    first = next(backbone.parameters(), None)
+    original_device = first.device if first is not None else torch.device("cpu")
+    backbone.eval().to(device)
     try:
         parts: list[tuple[torch.Tensor, torch.Tensor]] = []
         for batch in splits.batches():
@@ -67,7 +71,7 @@ def embed_rows(backbone: Backbone, splits: LabeledSplits, layer: Layer = "hidden
                                   "use probe.layer=logits", "probe.layer")
             parts.append((batch.index.cpu(), values.float().cpu()))
     finally:
-        backbone.train(was_training)
+        backbone.train(was_training).to(original_device)
     num_rows = splits.labels.numel()
     embeddings = torch.zeros(num_rows, parts[0][1].shape[1])
     for index, values in parts:
@@ -113,9 +117,12 @@ def knn_probe(embeddings: torch.Tensor, labels: torch.Tensor, train: torch.Tenso
     num_classes = int(labels.max()) + 1
 
     def predict(rows: torch.Tensor, k: int) -> np.ndarray:
-        similarity, nearest = (x[rows] @ x[train].t()).topk(min(k, train.numel()), dim=1)
-        votes = torch.zeros(rows.numel(), num_classes).scatter_add_(1, labels[train][nearest], similarity)
-        return votes.argmax(1).numpy()
+        predicted = []
+        for chunk in rows.split(KNN_CHUNK_ROWS):  # bounded memory: [chunk, train] similarities at a time
+            similarity, nearest = (x[chunk] @ x[train].t()).topk(min(k, train.numel()), dim=1)
+            votes = torch.zeros(chunk.numel(), num_classes).scatter_add_(1, labels[train][nearest], similarity)
+            predicted.append(votes.argmax(1))
+        return torch.cat(predicted).numpy() if predicted else np.zeros(0, dtype=np.int64)
 
     y = labels.numpy()
     best: ProbeResult | None = None
@@ -151,6 +158,40 @@ def parse_label_fracs(label_fracs: Sequence[float | str]) -> list[float | str]:
     return parsed
 
 
+def check_probe_settings(
+    label_fracs: Sequence[float | str] = (STANDARD,),
+    seeds: Sequence[int] = (0,),
+    kinds: Sequence[ProbeKind] = ("logreg",),
+    layer: Layer = "hidden",
+    c_grid: Sequence[float] = DEFAULT_C,
+    k_grid: Sequence[int] = DEFAULT_K,
+) -> dict[str, Any]:
+    """Every probe setting checked (one line naming the first bad value) and normalised, so a
+    run can check them all before it pretrains."""
+    settings = {"label_fracs": parse_label_fracs(label_fracs), "layer": check_choice("probe.layer", layer, Layer)}
+    examples = {"seeds": "[0,1,2]", "kinds": "[logreg,knn]", "c_grid": "[0.1,1,10]", "k_grid": "[5,10,20]"}
+    for name, values in (("seeds", seeds), ("kinds", kinds), ("c_grid", c_grid), ("k_grid", k_grid)):
+        if isinstance(values, (str, int, float)) or not list(values):
+            raise ConfigError(f"probe.{name}={values!r} must be a non-empty list, e.g. probe.{name}={examples[name]}",
+                              f"probe.{name}")
+    settings["seeds"] = [check_integer("probe.seeds", seed, 0) for seed in seeds]
+    settings["kinds"] = [check_choice("probe.kinds", kind, ProbeKind) for kind in kinds]
+    settings["c_grid"] = [float(check_range("probe.c_grid", c, 0.0, low_inclusive=False)) for c in c_grid]
+    settings["k_grid"] = [check_integer("probe.k_grid", k, 1) for k in k_grid]
+    return settings
+
+
+def probe_train_rows(splits: LabeledSplits, setting: float | str, seed: int) -> torch.Tensor:
+    """The rows a probe at ``setting`` (a label fraction or ``standard``) and ``seed`` trains
+    on: drawn from ``splits.pool`` as the datamodule draws its own (same function, same seed)."""
+    if setting == STANDARD:
+        if splits.standard is None:
+            raise ConfigError("probe.label_fracs has 'standard', and this dataset has no standard split",
+                              "probe.label_fracs")
+        return splits.standard
+    return label_subset(splits.labels.cpu(), splits.pool, int(seed), float(setting), None, splits.label_sampling)
+
+
 def probe_embeddings(
     embeddings: torch.Tensor,
     splits: LabeledSplits,
@@ -163,28 +204,21 @@ def probe_embeddings(
 ) -> dict[str, float]:
     """Every probe kind at every label setting x seed, as flat metrics (module docstring).
 
-    A label setting draws its training rows from ``splits.pool`` as the datamodule draws its
-    own (same function, same seed); ``standard`` uses ``splits.standard`` once (skipped, with
-    no key, when the dataset has no standard split).
+    A label setting's training rows are :func:`probe_train_rows`; ``standard`` is used once
+    (skipped, with no key, when the dataset has no standard split).
     """
-    for kind in kinds:
-        check_choice("probe.kinds", kind, ProbeKind)
-    settings = parse_label_fracs(label_fracs)
-    if not seeds:
-        raise ConfigError("probe.seeds is empty; give at least one seed, e.g. probe.seeds=[0,1,2]", "probe.seeds")
+    checked = check_probe_settings(label_fracs, seeds, kinds, c_grid=c_grid, k_grid=k_grid)
     labels = splits.labels.cpu()
-    work = [(setting, seed) for setting in settings if setting != STANDARD or splits.standard is not None
-            for seed in (seeds[:1] if setting == STANDARD else seeds)]
+    work = [(setting, seed) for setting in checked["label_fracs"]
+            if setting != STANDARD or splits.standard is not None
+            for seed in (checked["seeds"][:1] if setting == STANDARD else checked["seeds"])]
     bar = tqdm(work, desc="probes", unit="draw", disable=not (sys.stderr.isatty() if progress is None else progress))
     metrics: dict[str, float] = {}
     results: dict[tuple[str, str], list[ProbeResult]] = {}
     for setting, seed in bar:
-        if setting == STANDARD:
-            train = splits.standard
-        else:
-            train = label_subset(labels, splits.pool, int(seed), float(setting), None, splits.label_sampling)
-        for kind in kinds:
-            grid = c_grid if kind == "logreg" else k_grid
+        train = probe_train_rows(splits, setting, seed)
+        for kind in checked["kinds"]:
+            grid = checked["c_grid"] if kind == "logreg" else checked["k_grid"]
             result = PROBES[kind](embeddings, labels, train.cpu(), splits.val.cpu(), splits.test.cpu(), grid)
             prefix = f"probe/{kind}/{setting_name(setting)}"
             metrics[f"{prefix}/seed={seed}/val/acc"] = result.val_acc

@@ -1,6 +1,7 @@
 """One training run from a composed config: the body of ``nsl-train`` / ``scripts/train.py``."""
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 import time
@@ -21,7 +22,7 @@ from nsl_lab.errors import ConfigError, check_integer, config_scope
 from nsl_lab.files import METRICS_FILE, MODEL_FILE, RESOLVED_CONFIG_FILE, save_tensors, write_json, write_text
 from nsl_lab.loggers import finish as finish_logger
 from nsl_lab.modules.learner import StructuredLearner
-from nsl_lab.probes import probe_encoder
+from nsl_lab.probes import check_probe_settings, probe_encoder
 from nsl_lab.resume import checkpoint_dir, restore_logged_history, resume_path
 from nsl_lab.saved_runs import initialise_from, locate
 
@@ -99,9 +100,18 @@ def learner_class(cfg: DictConfig) -> type[StructuredLearner]:
     return found
 
 
+LEARNER_ARGUMENTS_FROM_RUN = ("self", "backbone", "regularizers", "num_classes", "optimizer")
+
+
 def check_learner(cfg: DictConfig, learner_type: type[StructuredLearner], regularizers: dict[str, Any]) -> None:
     """A learner, its regularizers and the run's other settings that cannot work together,
     before any data is loaded."""
+    parameters = inspect.signature(learner_type.__init__).parameters
+    allowed = [name for name in parameters if name not in LEARNER_ARGUMENTS_FROM_RUN]
+    for name in (cfg.get("learner") or {}):
+        if name != "_target_" and name not in allowed:
+            raise ConfigError(f"learner.{name} is not a setting of {learner_type.__name__}; allowed: "
+                              f"{', '.join(allowed) or 'none'}", f"learner.{name}")
     learner_type.check_regularizers(regularizers)
     if learner_type.validates:
         return
@@ -113,17 +123,21 @@ def check_learner(cfg: DictConfig, learner_type: type[StructuredLearner], regula
     if data_class is not None and not issubclass(data_class, LabeledSplitsSource):
         raise ConfigError(f"{data_class.__name__} gives no labeled splits for probes (labeled_splits()); "
                           f"{learner_type.__name__} needs them after pretraining", "data")
+    check_label_free = getattr(data_class, "check_label_free", None)
+    if check_label_free is not None:  # settings where labels would choose the pretraining rows
+        check_label_free(OmegaConf.to_container(cfg.data, resolve=True))
 
 
 def probe_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The ``probe`` block as :func:`~nsl_lab.probes.probe_encoder` arguments."""
+    """The ``probe`` block as :func:`~nsl_lab.probes.probe_encoder` arguments, every value
+    checked (before the pretraining they follow)."""
     settings = OmegaConf.to_container(cfg.get("probe") or {}, resolve=True)
     allowed = {"label_fracs", "seeds", "kinds", "layer", "c_grid", "k_grid"}
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise ConfigError(f"probe.{unknown[0]} is not a probe setting; allowed: {', '.join(sorted(allowed))}",
                           f"probe.{unknown[0]}")
-    return settings
+    return check_probe_settings(**settings)
 
 
 def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = None,
@@ -194,15 +208,19 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
             "fit_seconds": round(fit_seconds, 4),
             "epochs": int(trainer.current_epoch),
         }
+        save_model = trainer.is_global_zero and (cfg.get("checkpoint") or {}).get("save_model", True)
         if learner_type.validates:
             metrics.update(validate_and_test(trainer, learner, datamodule))
         else:  # the labels come only now, to the probes on the frozen encoder
+            if save_model:  # first: a failing probe loses no pretraining
+                save_tensors(output_dir / MODEL_FILE, learner.backbone.state_dict())
+            # Lightning moved the module back to the CPU at the end of the fit: probe on its device.
             metrics.update(probe_encoder(learner.backbone, datamodule.labeled_splits(), **probes,
-                                         own_train=datamodule.labeled_index, device=learner.device,
-                                         progress=progress))
+                                         own_train=getattr(datamodule, "labeled_index", None),
+                                         device=trainer.strategy.root_device, progress=progress))
         metrics.update(clock.metrics())
         if trainer.is_global_zero:
-            if (cfg.get("checkpoint") or {}).get("save_model", True):
+            if save_model and learner_type.validates:  # the tested weights (best epoch's, after the test)
                 save_tensors(output_dir / MODEL_FILE, learner.backbone.state_dict())
             write_json(output_dir / METRICS_FILE, metrics)
     finally:

@@ -54,9 +54,13 @@ def load_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], source: P
     try:
         backbone.load_state_dict(state)
     except RuntimeError as error:
-        raise ConfigError(f"{setting}: the weights in {str(source)!r} do not fit this backbone "
-                          f"({str(error).splitlines()[0].rstrip(':.')}); use the backbone settings of the run "
-                          "that wrote them", setting) from None
+        # torch's message: a header line, then one line per problem ("size mismatch for <key>: ...",
+        # "Missing key(s) in state_dict: ..."); the first problem names the key.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise ConfigError(f"{setting}: the weights in {str(source)!r} do not fit this backbone ({detail.rstrip('.')}); "
+                          "use the backbone settings of the run that wrote them", setting) from None
 
 
 def initialise_from(backbone: nn.Module, path: str | Path, setting: str = "init_from") -> Path:

@@ -10,7 +10,8 @@ from nsl_lab.context import LabeledSplits
 from nsl_lab.datamodules import PlanetoidDataModule
 from nsl_lab.errors import ConfigError
 from nsl_lab.modules import FFN
-from nsl_lab.probes import embed_rows, knn_probe, logistic_probe, parse_label_fracs, probe_embeddings
+from nsl_lab.probes import (check_probe_settings, embed_rows, knn_probe, logistic_probe, parse_label_fracs,
+                            probe_embeddings, probe_train_rows)
 
 
 def separable(n_per_class: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +45,18 @@ def test_knn_chooses_k_on_validation_by_hand():
     assert knn_probe(embeddings, labels, train, val, test, k_grid=[5]).val_acc == 0.0
     result = knn_probe(embeddings, labels, train, val, test, k_grid=[1, 5])
     assert (result.chosen, result.val_acc, result.test_acc) == (1.0, 1.0, 1.0)
+
+
+def test_knn_in_chunks_votes_as_in_one_piece(monkeypatch):
+    import nsl_lab.probes as probes
+
+    embeddings, labels = separable(seed=1)
+    embeddings = embeddings + 4 * torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(2))
+    train, val, test = interleaved_rows(labels.numel())
+    whole = knn_probe(embeddings, labels, train, val, test)
+    monkeypatch.setattr(probes, "KNN_CHUNK_ROWS", 3)
+    assert knn_probe(embeddings, labels, train, val, test) == whole
+    assert 0.4 < whole.test_acc < 1.0  # noisy enough that the vote is not trivial
 
 
 def test_a_single_class_training_set_predicts_that_class():
@@ -85,15 +98,34 @@ def test_bad_probe_settings_fail_in_one_line():
     embeddings, labels = separable()
     with pytest.raises(ConfigError, match="probe.kinds='svm'"):
         probe_embeddings(embeddings, splits_of(embeddings, labels), kinds=["svm"])
-    with pytest.raises(ConfigError, match="probe.seeds is empty"):
+    with pytest.raises(ConfigError, match=r"probe.seeds=\[\] must be a non-empty list"):
         probe_embeddings(embeddings, splits_of(embeddings, labels), seeds=[])
+
+
+@pytest.mark.parametrize("setting, match", [
+    ({"seeds": [-1]}, "probe.seeds=-1 is not allowed"),
+    ({"seeds": [0.5]}, "probe.seeds=0.5 is not allowed"),
+    ({"seeds": 3}, "probe.seeds=3 must be a non-empty list"),
+    ({"kinds": []}, "probe.kinds=\\[\\] must be a non-empty list"),
+    ({"layer": "penultimate"}, "probe.layer='penultimate' is not supported"),
+    ({"c_grid": [1.0, 0.0]}, "probe.c_grid=0.0 is out of range"),
+    ({"k_grid": [0]}, "probe.k_grid=0 is not allowed"),
+    ({"k_grid": []}, "probe.k_grid=\\[\\] must be a non-empty list"),
+])
+def test_every_probe_setting_is_checked_before_any_probe_runs(setting, match):
+    with pytest.raises(ConfigError, match=match):
+        check_probe_settings(**setting)
+
+
+def test_checked_probe_settings_are_normalised():
+    checked = check_probe_settings([0.5, None, "standard"], [2], ["knn"], "logits", [1], [3])
+    assert checked == {"label_fracs": [0.5, "standard", "standard"], "layer": "logits", "seeds": [2],
+                       "kinds": ["knn"], "c_grid": [1.0], "k_grid": [3]}
 
 
 @pytest.mark.parametrize("label_frac, seed, sampling", [(0.05, 1, "stratified"), (0.2, 2, "uniform")])
 def test_a_probe_draws_the_labels_a_supervised_run_of_the_same_setting_trains_on(
         label_frac, seed, sampling, data_root, cache_dir):
-    from nsl_lab.datamodules.label_fraction import label_subset
-
     pretraining = PlanetoidDataModule(data_dir=str(data_root), cache_dir=str(cache_dir), label_sampling=sampling,
                                       label_frac=0.5 if sampling == "uniform" else None, seed=0)
     pretraining.setup("fit")
@@ -101,11 +133,10 @@ def test_a_probe_draws_the_labels_a_supervised_run_of_the_same_setting_trains_on
     supervised = PlanetoidDataModule(data_dir=str(data_root), cache_dir=str(cache_dir), label_frac=label_frac,
                                      label_sampling=sampling, seed=seed)
     supervised.setup("fit")
-    drawn = label_subset(splits.labels, splits.pool, seed, label_frac, None, splits.label_sampling)
-    assert torch.equal(drawn, supervised.labeled_index)
+    assert torch.equal(probe_train_rows(splits, label_frac, seed), supervised.labeled_index)
     public = PlanetoidDataModule(data_dir=str(data_root), cache_dir=str(cache_dir))
     public.setup("fit")
-    assert torch.equal(splits.standard, public.labeled_index)
+    assert torch.equal(probe_train_rows(splits, "standard", seed), public.labeled_index)
     assert splits.val.numel() == 500 and splits.test.numel() == 1000
 
 

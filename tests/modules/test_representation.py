@@ -127,7 +127,18 @@ def test_one_pretraining_probes_every_setting_and_fine_tunes(tmp_path, data_root
      "probe.label_fracs=2.0 is out of range"),
     (["learner=representation", "regularizer=neighborhood", "+probe.folds=3"], "probe.folds is not a probe setting"),
     (["init_from=/nonexistent/run"], "init_from='/nonexistent/run' does not exist"),
-    (["backbone.hidden_sizes=[8]", "init_from={pretrain}"], "init_from: the weights in"),
+    (["backbone.hidden_sizes=[8]", "init_from={pretrain}"], "do not fit this backbone (size mismatch for "
+                                                            "hidden_layers.0.weight"),
+    (["learner=representation", "regularizer=neighborhood", "+learner.restore_best=true"],
+     "learner.restore_best is not a setting of RepresentationLearner; allowed: none"),
+    (["learner=representation", "regularizer=neighborhood", "probe.seeds=[-1]"], "probe.seeds=-1 is not allowed"),
+    (["learner=representation", "regularizer=neighborhood", "probe.kinds=[svm]"], "probe.kinds='svm'"),
+    (["learner=representation", "regularizer=neighborhood", "+probe.c_grid=[0]"], "probe.c_grid=0 is out of range"),
+    (["learner=representation", "regularizer=neighborhood", "regularizer.neighborhood.summary=embeddings",
+      "data=imdb", "backbone=rnn", "data.neighbors=2"], "data.include_unlabeled=false trains on the labeled rows only"),
+    (["learner=representation", "regularizer=neighborhood", "regularizer.neighborhood.summary=embeddings",
+      "data=imdb", "backbone=rnn", "data.neighbors=2", "data.include_unlabeled=true", "data.labeled_per_batch=4"],
+     "data.labeled_per_batch=4 adds labeled rows"),
 ])
 def test_bad_representation_settings_fail_in_one_line(args, message, tmp_path, data_root, cache_dir):
     pretrain = tmp_path / "pretrain"
@@ -140,6 +151,20 @@ def test_bad_representation_settings_fail_in_one_line(args, message, tmp_path, d
     assert not (tmp_path / "run" / "metrics.json").exists()
     failure = json.loads((tmp_path / "run" / "failed.json").read_text())
     assert message in json.dumps(failure)
+
+
+def test_a_failing_probe_loses_no_pretraining(tmp_path, data_root, cache_dir, monkeypatch):
+    import nsl_lab.run
+
+    def broken_probe(*args, **kwargs):
+        raise MemoryError("probe ran out of memory")
+
+    monkeypatch.setattr(nsl_lab.run, "probe_encoder", broken_probe)
+    completed, metrics = run_train([*PRETRAIN, "trainer.max_epochs=1"], tmp_path / "run", cache_dir, data_root,
+                                   check=False, in_process=True)
+    assert completed.returncode != 0 and metrics is None
+    saved = torch.load(tmp_path / "run" / MODEL_FILE, weights_only=True)
+    assert "hidden_layers.0.weight" in saved  # the encoder is there, ready for init_from
 
 
 @pytest.mark.slow

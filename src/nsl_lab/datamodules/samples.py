@@ -132,6 +132,20 @@ class SampleDataModule(pl.LightningDataModule):
             provided.add("unlabeled_in_batch")
         return frozenset(provided)
 
+    @classmethod
+    def check_label_free(cls, settings: Mapping[str, Any]) -> None:
+        """Refuses settings (``data.*``) under which labels would choose the rows of a
+        label-free pretraining: without ``include_unlabeled`` the training rows are the
+        labeled ones (a ``label_frac`` of them), and ``labeled_per_batch`` adds labeled rows."""
+        if not settings.get("include_unlabeled", False):
+            raise ConfigError("data.include_unlabeled=false trains on the labeled rows only, so labels would choose "
+                              "the rows of a label-free pretraining; set data.include_unlabeled=true (every "
+                              "non-evaluation row, unlabeled)", "data.include_unlabeled")
+        if settings.get("labeled_per_batch", 0):
+            raise ConfigError(f"data.labeled_per_batch={settings['labeled_per_batch']} adds labeled rows to every "
+                              "batch, which a label-free pretraining must not choose by label; set "
+                              "data.labeled_per_batch=0", "data.labeled_per_batch")
+
     def __init__(
         self,
         cache_dir: str | None = None,
@@ -267,8 +281,9 @@ class SampleDataModule(pl.LightningDataModule):
         y = self.samples.y.long()
         unlabeled = torch.full_like(y, -1)
 
-        def batches():
-            for rows in torch.arange(y.numel()).split(self.eval_batch_size):
+        def batches():  # the rows a probe reads only (not the unlabeled rest of the pool)
+            wanted = torch.cat([self._pool, self.rows["val"], self.rows["test"]]).unique()
+            for rows in wanted.split(self.eval_batch_size):
                 yield self.rows_batch(rows, unlabeled)
 
         return LabeledSplits(y, self._pool, self.rows["val"], self.rows["test"], batches=batches)

@@ -119,21 +119,21 @@ class StructuredLearner(pl.LightningModule):
 
     def materialize_lazy_parameters(self) -> None:
         """Sizes parameters that a regularizer sizes at its first step (a lazy layer), by one
-        forward pass of the terms on the first training batch, without gradients and under a
-        forked RNG. DDP wraps the model only after this hook and cannot wrap unsized parameters;
-        a single process sizes them at its first step instead, drawing their initial values from
-        the RNG stream there."""
-        datamodule = self.trainer.datamodule
+        forward pass of those terms on the first training batch as a step sees it
+        (:meth:`training_batch`), without gradients and under a forked RNG. DDP wraps the model
+        only after this hook and cannot wrap unsized parameters; a single process sizes them at
+        its first step instead, drawing their initial values from the RNG stream there."""
         data = self.graph_data()
         if data is not None:
             for regularizer in self.regularizers.values():
                 regularizer.setup(data)
-        batch = next(iter(datamodule.train_dataloader()))
-        with torch.random.fork_rng(), torch.no_grad():
-            output = self(batch)
-            step = TrainingStep(batch, output, self.backbone, 0, int(self.num_classes))
+        with torch.random.fork_rng(), torch.no_grad():  # the loader's shuffle draws too
+            batch = self.training_batch(next(iter(self.trainer.datamodule.train_dataloader())))
+            output, embedding = self.clean_forward(batch)
+            step = TrainingStep(batch, output, self.backbone, 0, int(self.num_classes or 0), embedding)
             for regularizer in self.regularizers.values():
-                regularizer(step)
+                if has_lazy_parameters(regularizer):
+                    regularizer(step)
 
     def forward(self, batch: Batch) -> Output:
         return run_backbone(self.backbone, batch)
@@ -189,6 +189,11 @@ class StructuredLearner(pl.LightningModule):
         embedding = self.embedding_leaf(batch)
         extra = {} if batch.lengths is None else {"lengths": batch.lengths}
         return self.backbone.head(embedding, **extra), embedding
+
+    def training_batch(self, batch: Batch) -> Batch:
+        """What a training step sees of a loader's batch (all of it; a label-free learner
+        strips the labels)."""
+        return batch
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         output, embedding = self.clean_forward(batch)

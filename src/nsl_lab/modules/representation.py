@@ -80,8 +80,11 @@ class RepresentationLearner(StructuredLearner):
         return replace(data, train_labels=torch.full_like(data.train_labels, -1),
                        batch_rows=None if batch_rows is None else (lambda rows: without_labels(batch_rows(rows))))
 
+    def training_batch(self, batch: Batch) -> Batch:
+        return without_labels(batch)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        batch = without_labels(batch)
+        batch = self.training_batch(batch)
         output, embedding = self.clean_forward(batch)  # VAT perturbs the embedding: a leaf
         step = TrainingStep(batch, output, self.backbone, int(self.current_epoch), int(self.num_classes or 0),
                             embedding)

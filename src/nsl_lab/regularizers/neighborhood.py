@@ -79,8 +79,6 @@ class NeighborhoodContrastiveRegularizer(Regularizer):
         sample_size: rows compared per step (cost quadratic in it).
         normalization: :math:`\hat A = D^{-1/2}(A+I)D^{-1/2}` (``symmetric``) or
             :math:`D^{-1}(A+I)` (``row``).
-        projection_size: width of :math:`W`'s output, which must equal the hidden embedding's
-            (``inputs`` only; default: the backbone's hidden width, found at the first step).
         warmup_epochs: ramp :math:`\lambda` up linearly over these first epochs.
 
     Shapes: hidden ``[B, d]``; ``inputs`` summaries ``[N, in_features]`` kept for the fit.
@@ -96,7 +94,6 @@ class NeighborhoodContrastiveRegularizer(Regularizer):
         temperature: float = 0.5,
         sample_size: int = 1024,
         normalization: Normalization = "symmetric",
-        projection_size: int | None = None,
         warmup_epochs: int = 0,
     ) -> None:
         super().__init__(multiplier, warmup_epochs)
@@ -105,13 +102,11 @@ class NeighborhoodContrastiveRegularizer(Regularizer):
         check_range("temperature", temperature, 0.0, low_inclusive=False)
         check_integer("sample_size", sample_size, 2)
         check_choice("normalization", normalization, Normalization)
-        check_integer("projection_size", projection_size, 1, optional=True)
         self.summary, self.hops, self.temperature = summary, int(hops), float(temperature)
         self.sample_size, self.normalization = int(sample_size), normalization
-        # W: its input width is the data's, known at the first step (a lazy layer, so the
-        # optimizer, built before the fit starts, already holds its parameters).
-        self.projection_size = projection_size
-        self.projection = nn.LazyLinear(projection_size or 1) if summary == "inputs" else None
+        # W maps the data's input width to the hidden width, both known at the first step: a
+        # lazy layer, so the optimizer, built before the fit starts, already holds its parameters.
+        self.projection = nn.LazyLinear(1) if summary == "inputs" else None
         self._graph: NeighborGraph | None = None
         self._full_batch = False
         self._propagated: torch.Tensor | None = None
@@ -136,8 +131,8 @@ class NeighborhoodContrastiveRegularizer(Regularizer):
             rows = rows[torch.randperm(rows.numel(), device=rows.device)[: self.sample_size]]
         return rows
 
-    def _input_summaries(self, batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
-        """:math:`W \\hat A^r X` of the batch's rows (the whole graph, full-graph data)."""
+    def _input_summaries(self, batch: Batch, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """:math:`W \\hat A^r X` of the batch's ``rows`` (the batch: the whole graph)."""
         if not self._full_batch:
             raise ConfigError("regularizer.neighborhood.summary=inputs needs full-graph data (every training "
                               "batch the whole graph, e.g. data=cora); use summary=embeddings with data.neighbors=k",
@@ -149,10 +144,10 @@ class NeighborhoodContrastiveRegularizer(Regularizer):
             # Every training batch is the whole graph (row i = node i): propagate once per fit.
             self._propagated = F.normalize(propagate_features(self._graph, batch.x, self.hops, self.normalization),
                                            dim=-1).to(hidden.device)
-        if self.projection_size is None and isinstance(self.projection.weight, nn.UninitializedParameter):
+        if isinstance(self.projection.weight, nn.UninitializedParameter):
             # The first call materialises W as [out_features, in_features]: set its width first.
             self.projection.out_features = hidden.shape[-1]
-        return self.projection(self._propagated[batch.index])
+        return self.projection(self._propagated[batch.index[rows]])
 
     def _embedding_summaries(self, step: TrainingStep, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rows with a neighbour, their summaries)`` from the batch graph or packed neighbours."""
@@ -185,8 +180,7 @@ class NeighborhoodContrastiveRegularizer(Regularizer):
                               f"{type(step.backbone).__name__} returns none", "regularizer.neighborhood")
         if self.summary == "inputs":
             rows = self._sample(torch.arange(hidden.shape[0], device=hidden.device))
-            summaries = self._input_summaries(step.batch, hidden)
-            return info_nce(hidden[rows], summaries[rows], self.temperature)
+            return info_nce(hidden[rows], self._input_summaries(step.batch, hidden, rows), self.temperature)
         rows, summaries = self._embedding_summaries(step, hidden)
         if rows.numel() < 2:
             return None
