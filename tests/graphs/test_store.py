@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from nsl_lab.datamodules import SyntheticGraphDataModule
-from nsl_lab.datamodules.synthetic_graph import generate_synthetic_graph
+from nsl_lab.datamodules.synthetic_graph import (draw_labels_and_means, feature_bayes_accuracy,
+                                                 generate_synthetic_graph)
 from nsl_lab.errors import ConfigError
 from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.graphs.store import FeatureStore, load_csr, save_csr, write_features
@@ -85,6 +86,23 @@ def test_synthetic_graph_has_the_requested_degree_homophily_and_class_means(tmp_
     generate_synthetic_graph(tmp_path / "again", num_nodes=20_000, avg_degree=6, num_classes=4, feature_dim=16,
                              homophily=0.7, class_separation=3.0, seed=1)
     assert np.array_equal(np.load(tmp_path / "again" / "indices.npy"), np.load(tmp_path / "indices.npy"))
+
+
+def test_feature_bayes_accuracy_is_the_closed_form_and_the_generated_datas_own(tmp_path):
+    from math import erf, sqrt
+
+    settings = dict(num_nodes=20_000, num_classes=2, feature_dim=16, class_separation=1.5, seed=4)
+    bayes = feature_bayes_accuracy(**settings)
+    # Two equiprobable classes, identity noise: Phi(|mu_0 - mu_1| / 2).
+    _, means = draw_labels_and_means(np.random.default_rng(4), 20_000, 2, 16, 1.5)
+    half_gap = float(np.linalg.norm(means[0] - means[1])) / 2
+    assert abs(bayes - 0.5 * (1 + erf(half_gap / sqrt(2)))) < 0.005
+    # The means it replays are the generator's: the nearest true mean scores the same on its nodes.
+    generate_synthetic_graph(tmp_path, avg_degree=2, **settings)
+    labels, x = np.load(tmp_path / "labels.npy"), np.load(tmp_path / "features.npy")
+    nearest = ((x[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert abs((nearest == labels).mean() - bayes) < 0.01
+    assert abs(feature_bayes_accuracy(1000, num_classes=5, class_separation=0.0) - 0.2) < 0.01  # no signal: chance
 
 
 def test_synthetic_datamodule_generates_once_and_batches_sampled_neighbours(tmp_path):
