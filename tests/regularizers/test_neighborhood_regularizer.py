@@ -77,6 +77,22 @@ def test_inputs_summary_is_the_info_nce_of_the_projected_propagated_features():
     assert model.hidden_layers[0].weight.grad.abs().sum() > 0 and term.projection.weight.grad.abs().sum() > 0
 
 
+def test_the_learner_resets_the_backbone_and_w():
+    from nsl_lab.modules import RepresentationLearner
+
+    torch.manual_seed(0)
+    model = FFN(4, 2, [8], dropout=0.0, projection_size=5)
+    term = NeighborhoodContrastiveRegularizer(hops=1, sample_size=16)
+    learner = RepresentationLearner(model, {"neighborhood": term})
+    term.setup(GraphData(path_graph(), torch.full((3,), -1), 2, full_batch=True))
+    term.loss(full_graph_step(model, torch.rand(3, 4), path_graph(), torch.full((3,), -1)))  # sizes W
+    before = {name: value.clone() for name, value in learner.named_parameters()}
+    learner.reset_parameters()
+    after = dict(learner.named_parameters())
+    for name in ("backbone.hidden_layers.0.weight", "regularizers.neighborhood.projection.weight"):
+        assert after[name].shape == before[name].shape and not torch.equal(after[name], before[name]), name
+
+
 def test_the_term_ignores_labels():
     torch.manual_seed(0)
     x = torch.rand(3, 4)

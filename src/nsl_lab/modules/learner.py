@@ -103,6 +103,15 @@ class StructuredLearner(pl.LightningModule):
         self.last_val_acc: float | None = None
         self.last_val_step: int | None = None
 
+    def reset_parameters(self) -> None:
+        """Re-initialises the backbone and every regularizer's own parameters (e.g. the
+        neighbourhood term's W) in place: a fresh start with the same modules. The best-epoch
+        weights kept for the test are dropped."""
+        self.backbone.reset_parameters()
+        for regularizer in self.regularizers.values():
+            regularizer.reset_parameters()
+        self.best_val_acc, self._best_state = None, None
+
     def _make_metrics(self) -> None:
         self.num_classes = int(self.num_classes)
         self.val_accuracy = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=-1)
