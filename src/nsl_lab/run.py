@@ -107,9 +107,11 @@ def check_learner(cfg: DictConfig, learner_type: type[StructuredLearner], regula
     """A learner, its regularizers and the run's other settings that cannot work together,
     before any data is loaded."""
     parameters = inspect.signature(learner_type.__init__).parameters
-    allowed = [name for name in parameters if name not in LEARNER_ARGUMENTS_FROM_RUN]
+    allowed = [name for name, parameter in parameters.items() if name not in LEARNER_ARGUMENTS_FROM_RUN
+               and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+    takes_any = any(parameter.kind == parameter.VAR_KEYWORD for parameter in parameters.values())
     for name in (cfg.get("learner") or {}):
-        if name != "_target_" and name not in allowed:
+        if name != "_target_" and name not in allowed and not takes_any:
             raise ConfigError(f"learner.{name} is not a setting of {learner_type.__name__}; allowed: "
                               f"{', '.join(allowed) or 'none'}", f"learner.{name}")
     learner_type.check_regularizers(regularizers)

@@ -131,6 +131,7 @@ def test_one_pretraining_probes_every_setting_and_fine_tunes(tmp_path, data_root
                                                             "hidden_layers.0.weight"),
     (["learner=representation", "regularizer=neighborhood", "+learner.restore_best=true"],
      "learner.restore_best is not a setting of RepresentationLearner; allowed: none"),
+    (["+learner.patience=3"], "learner.patience is not a setting of StructuredLearner; allowed: restore_best"),
     (["learner=representation", "regularizer=neighborhood", "probe.seeds=[-1]"], "probe.seeds=-1 is not allowed"),
     (["learner=representation", "regularizer=neighborhood", "probe.kinds=[svm]"], "probe.kinds='svm'"),
     (["learner=representation", "regularizer=neighborhood", "+probe.c_grid=[0]"], "probe.c_grid=0 is out of range"),
