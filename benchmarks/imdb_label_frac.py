@@ -12,8 +12,9 @@ NSL's pairwise graph loss on a top-10 TF-IDF + SVD 256 graph), ``propagated``
 and two variants of it: ``propagated_aligned`` (class shares aligned with the labeled reviews')
 ``propagated_feature_graph`` (from epoch 4 on, labels propagated again each epoch over the
 graph joined with the network's own kNN graph), ``vat`` (``experiment=imdb_vat``: virtual
-adversarial training on the word embeddings of every training review) and ``propagated_vat``
-(``experiment=imdb_propagated_vat``: both).
+adversarial training on the word embeddings of every training review), ``propagated_vat``
+(``experiment=imdb_propagated_vat``: both), ``adversarial`` (Miyato et al. 2017's adversarial
+training on the labeled reviews' word embeddings, L2 radius 5) and ``vat_adversarial`` (VAT + it).
 Each run: each review's last 160 tokens, BiLSTM 2 x 32, a fixed budget of optimizer steps, one
 thread; test accuracy on the 25,000 test reviews. The default graph's build time and peak
 memory are measured first, in a subprocess.
@@ -34,6 +35,8 @@ from pathlib import Path
 
 from common import HERE, machine, quiet, write
 
+AT_EMBEDDINGS = ["regularizer.adversarial.adv_grad_norm=l2", "regularizer.adversarial.adv_step_size=5.0",
+                 "regularizer.adversarial.multiplier=1.0"]
 CONFIGS = {
     "base": ("base BiLSTM", ["experiment=imdb_label_frac", "regularizer=none"]),
     "graph_nsl": ("NSL-faithful (graph_nsl)", ["experiment=imdb_label_frac", "regularizer=graph_nsl_logits"]),
@@ -44,11 +47,17 @@ CONFIGS = {
                                  ["experiment=imdb_propagated", "regularizer.propagated.feature_graph_from_epoch=4"]),
     "vat": ("VAT on word embeddings (experiment=imdb_vat)", ["experiment=imdb_vat"]),
     "propagated_vat": ("propagated labels + VAT (experiment=imdb_propagated_vat)", ["experiment=imdb_propagated_vat"]),
+    # Miyato et al. 2017's AT on the labeled reviews (L2 radius 5 over the embedded review, as VAT's), alone and + VAT
+    "adversarial": ("adversarial training on word embeddings (AT)", ["experiment=imdb_vat", "regularizer=adversarial",
+                                                                      "~regularizer.vat", *AT_EMBEDDINGS]),
+    "vat_adversarial": ("VAT + AT on word embeddings", ["experiment=imdb_vat", "regularizer=[vat,adversarial]",
+                                                         *AT_EMBEDDINGS]),
 }
 #: per results name (``--name``), the target of each label fraction
 TARGETS = {
     "imdb_vat": {"1.0": "vat >= 89 (base 87.7)", "0.01": "propagated_vat >= 80 (propagated 78.3)"},
     "imdb_vat_4800": {"1.0": "vat >= 89 (base 87.7 at 2400 steps)"},
+    "imdb_vat_adversarial": {"1.0": "VAT (+ AT) >= 89 (base 87.7, VAT 88.1)"},
 }
 DEFAULT_TARGETS = {"1.0": "base >= 86", "0.01": "graph >= base + 10"}
 FRACTIONS = ["0.01", "0.02", "0.05", "0.1", "1.0"]
