@@ -2,12 +2,15 @@
 
     nsl-eval outputs/2026-12-03/10-00-00 'eval.attacks=[pgd,autoattack]' 'eval.eps=[0.05,0.1,0.2]'
     nsl-eval outputs/.../model.pt eval.norm=l2 'eval.eps=[0.5,1.0]' --out l2.json
+    nsl-eval outputs/... 'eval.attacks=[apgd-ce,apgd-t]' 'eval.eps=[0.2]' --split val   # choose on validation
 
 The run directory's ``config_resolved.yaml`` rebuilds the model and its test split; the weights
 come from ``model.pt`` (or a Lightning checkpoint), read with ``weights_only=True``. Overrides
 (``key=value``, YAML values) change the saved config, most often its ``eval`` block
 (``conf/train.yaml``). Writes ``eval.json`` (flat keys ``test/acc``,
-``test/robust_acc/<attack>/eps=<e>``, ``test/sanity/...`` and the list of ``warnings``).
+``test/robust_acc/<attack>/eps=<e>``, ``test/sanity/...`` and the list of ``warnings``). With
+``--split val`` it attacks the validation split instead, for choosing a model or an epsilon
+without the test set: keys ``val/...``, default output ``eval_val.json``.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 EVAL_FILE = "eval.json"
 Device = Literal["auto", "cpu", "cuda"]
+Split = Literal["test", "val"]
 
 
 def saved_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
@@ -77,19 +81,22 @@ def load_run(run_dir: Path, weights: Path, cfg: DictConfig,
 
 
 def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,
-             device: Device = "auto", progress: bool | None = None) -> dict[str, float]:
-    """Clean and robust accuracy of a saved run on its test split; writes ``eval.json``.
+             device: Device = "auto", progress: bool | None = None, split: Split = "test") -> dict[str, float]:
+    """Clean and robust accuracy of a saved run on its test (or validation) split; writes ``eval.json``.
 
     Args:
         run: a run directory, its ``model.pt``, or a checkpoint inside it.
         overrides: ``key=value`` changes to the saved config (e.g. ``eval.attacks=[autoattack]``).
         out: where to write the JSON (default ``<run dir>/eval.json``).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        progress: a progress bar over the test batches (default: on a terminal).
+        progress: a progress bar over the batches (default: on a terminal).
+        split: ``test``, or ``val`` to choose on validation: keys ``val/...``, default output
+            ``<run dir>/eval_val.json``.
 
     Returns:
         the metrics written (warnings are logged and written under ``warnings``).
     """
+    check_choice("split", split, Split)
     device = resolve_device(device)
     run_dir, weights = locate(run)
     cfg = saved_config(run_dir, overrides)
@@ -106,7 +113,9 @@ def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | N
     torch.manual_seed(int(cfg.get("seed", 0)))
     backbone, datamodule = load_run(run_dir, weights, cfg, device)
     evaluation.to(device)
-    loader = datamodule.test_dataloader()
+    if split == "val":
+        datamodule.setup("fit")
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     show = sys.stderr.isatty() if progress is None else progress
     for batch in tqdm(loader, desc="nsl-eval", disable=not show, unit="batch"):
         batch = batch.to(device) if hasattr(batch, "to") else batch
@@ -116,9 +125,10 @@ def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | N
                 return run_backbone(backbone, Batch(x_adv, batch.y, batch.index, batch.lengths, batch.graph)).logits
 
         evaluation.update(backbone, batch.x, batch.y, predict)
-    metrics = evaluation.compute()
-    result = {"test/acc": evaluation.clean_accuracy(), **metrics}
-    target = Path(out) if out else run_dir / EVAL_FILE
+    metrics = {"test/acc": evaluation.clean_accuracy(), **evaluation.compute()}
+    # The evaluation names its figures test/...; on validation they are val/...
+    result = {f"{split}/{k.removeprefix('test/')}": v for k, v in metrics.items()}
+    target = Path(out) if out else run_dir / (EVAL_FILE if split == "test" else f"eval_{split}.json")
     write_json(target, {**result, "warnings": list(evaluation.warnings), "weights": str(weights),
                         "overrides": list(overrides)})
     log.info("wrote %s", target)
@@ -134,19 +144,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", help="output JSON (default <run dir>/eval.json)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="a progress bar over the test batches (default: on a terminal)")
+                        help="a progress bar over the batches (default: on a terminal)")
+    parser.add_argument("--split", default="test",
+                        help="test, or val to choose a model or an epsilon on validation (keys val/...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        metrics = evaluate(args.run, args.overrides, args.out, args.device, args.progress)
+        metrics = evaluate(args.run, args.overrides, args.out, args.device, args.progress, args.split)
     except Exception as error:
         known = find_error(error, NslLabError)
         if known is None:
             raise
         print(f"nsl_lab: error: {known}", file=sys.stderr)
         sys.exit(2)
-    print("nsl_lab: " + " ".join(f"{k.removeprefix('test/')}={v:.4f}" for k, v in metrics.items()
-                                 if not k.startswith(("test/sanity/", "test/robust_acc/autoattack."))), flush=True)
+    prefix = f"{args.split}/"
+    print("nsl_lab: " + " ".join(f"{k.removeprefix(prefix)}={v:.4f}" for k, v in metrics.items()
+                                 if not k.removeprefix(prefix).startswith(("sanity/", "robust_acc/autoattack."))),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -155,8 +155,19 @@ def test_nsl_eval_reproduces_the_training_time_figures(digits_run, tmp_path):
     assert written["weights"].endswith("model.pt")
 
 
+def test_nsl_eval_on_the_validation_split(digits_run, tmp_path):
+    run_dir, trained = digits_run
+    main([str(run_dir), "eval.settings.pgd.steps=3", "eval.eps=[0.1]", "--split", "val", "--no-progress"])
+    written = json.loads((run_dir / "eval_val.json").read_text())
+    assert not any(key.startswith("test/") for key in written)
+    # The saved (last-epoch) weights on the 180 validation images: training's own val/acc.
+    assert written["val/acc"] == pytest.approx(trained["val/acc"])
+    assert 0.0 <= written["val/robust_acc/pgd/eps=0.1"] <= written["val/acc"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["{run}/nothing"], "does not exist"),
+    (["{run}", "--split", "train"], "split='train' is not supported; allowed: 'test', 'val'"),
     (["{run}", "eval.eps=[]"], "eval.eps=[] gives nothing to evaluate"),
     (["{run}", "eval.attacks=[cw]"], "eval.attacks='cw' is not supported"),
     (["{run}", "eval.eps"], "override 'eval.eps' is not key=value"),
