@@ -199,7 +199,7 @@ def main() -> None:
         f"Mean ± std over seeds {args.seeds}; 360 test images, pixels in [0, 1]; AutoAttack = nsl_lab's standard "
         "version (APGD-CE 100 steps, APGD-T 9 targets x 100 steps, Square 5000 queries; no FAB-T).",
         f"Reproduce: `python benchmarks/robust_eval.py --seeds {' '.join(map(str, args.seeds))} --eps "
-        f"{' '.join(settings['linf'])} --l2-eps {' '.join(settings['l2'])} --jobs {args.jobs}"
+        f"{' '.join(settings['linf'])} --l2-eps{''.join(' ' + e for e in settings['l2'])} --jobs {args.jobs}"
         + (f" --configs {' '.join(args.configs)}" if args.configs != list(CONFIGS) else "")
         + (f" --name {args.name}" if args.name != "robust_eval" else "")
         + (f" --extra {' '.join(args.extra)}" if args.extra else "") + "`",
