@@ -44,6 +44,8 @@ COMMON = ["experiment=digits_cnn", "logger=none", "trainer.enable_progress_bar=f
 EPS = (0.1, 0.2)
 
 
+# Its own attack loop rather than nsl-eval --split val (which the robust_eval study uses): these
+# rows were first measured by this loop, and nsl-eval's generators differ, so single images may.
 def val_accuracy(model, loader, attack) -> float:
     import torch
 
