@@ -1,11 +1,14 @@
-"""PGD-20 against AutoAttack on digits CNNs: base, FGSM-, PGD-7- and TRADES-trained.
+"""PGD-20 against AutoAttack on digits CNNs: base, FGSM-, PGD-7- and TRADES-trained, and the
+validation searches' picks (PGD-7-long; PGD-10-EMA, ``experiment=digits_robust``).
 
     python benchmarks/robust_eval.py --jobs 2                              # 5 seeds, eps 0.05-0.3, L2 eps 1
     python benchmarks/robust_eval.py --seeds 0 --eps 0.1 0.2 --jobs 2      # what this 2-core machine could afford
     python benchmarks/robust_eval.py --configs base PGD-7 PGD-7-long --eps 0.1 0.2 --l2-eps --jobs 2 \
         --name robust_eval_seeds                                           # a partial study, its own files
+    python benchmarks/robust_eval.py --configs base PGD-10-EMA --eps 0.1 0.2 --l2-eps 1 --jobs 2 --name robust_eval_ema
 
-Each model trains with ``experiment=digits_cnn`` (8x8 digits in [0, 1], wide CNN, 40 epochs); its
+Each model trains with ``experiment=digits_cnn`` (8x8 digits in [0, 1], wide CNN, 40 epochs) and
+its config's overrides; its
 test stage evaluates PGD-20 and AutoAttack (``eval.attacks=[pgd,autoattack]``, standard version:
 APGD-CE, APGD-T, Square 5000 queries) in Linf; then ``nsl_lab.evaluate`` (``nsl-eval``) runs the
 same pair in L2 on the saved model. Finished runs are cached in
@@ -23,17 +26,20 @@ from pathlib import Path
 
 from common import RESULTS, RunCache, fingerprint, machine, mean_std, quiet, write
 
+DIGITS = ["experiment=digits_cnn"]
 CONFIGS = {
-    "base": ["regularizer=none"],
-    "FGSM": ["regularizer=adversarial", "regularizer.adversarial.clip_value_min=0.0",
+    "base": [*DIGITS, "regularizer=none"],
+    "FGSM": [*DIGITS, "regularizer=adversarial", "regularizer.adversarial.clip_value_min=0.0",
              "regularizer.adversarial.clip_value_max=1.0"],
-    "PGD-7": ["regularizer=adversarial_pgd"],
-    "TRADES": ["regularizer=trades"],
-    # The validation search's pick (docs/results.md): PGD-7 weighted 3x, trained 100 epochs.
-    "PGD-7-long": ["regularizer=adversarial_pgd", "regularizer.adversarial.multiplier=3.0",
+    "PGD-7": [*DIGITS, "regularizer=adversarial_pgd"],
+    "TRADES": [*DIGITS, "regularizer=trades"],
+    # The first validation search's pick (docs/results.md): PGD-7 weighted 3x, trained 100 epochs.
+    "PGD-7-long": [*DIGITS, "regularizer=adversarial_pgd", "regularizer.adversarial.multiplier=3.0",
                    "trainer.max_epochs=100"],
+    # The second's, with weight averaging: PGD-10 in a ball of 0.25, 100 epochs, EMA weights.
+    "PGD-10-EMA": ["experiment=digits_robust"],
 }
-COMMON = ["experiment=digits_cnn", "logger=none", "trainer.enable_progress_bar=false", "num_threads=1",
+COMMON = ["logger=none", "trainer.enable_progress_bar=false", "num_threads=1",
           "eval.attacks=[pgd,autoattack]"]
 ATTACKS = ("pgd", "autoattack")
 

@@ -23,6 +23,12 @@ from pathlib import Path
 from common import RunCache, fingerprint, machine, quiet, write
 
 PGD = ["regularizer=adversarial_pgd"]
+
+
+def EMA(decay: float) -> list[str]:
+    return ["callbacks=ema", f"callbacks.ema.decay={decay}"]
+
+
 RECIPES = {
     "base": ["regularizer=none"],
     "pgd7_e40": PGD,  # the shipped regularizer=adversarial_pgd with experiment=digits_cnn
@@ -38,6 +44,18 @@ RECIPES = {
     "pgd_trades1_e40": ["regularizer=[adversarial_pgd,trades]", "regularizer.trades.multiplier=1.0"],
     "pgd_trades1_e100": ["regularizer=[adversarial_pgd,trades]", "regularizer.trades.multiplier=1.0",
                          "trainer.max_epochs=100"],
+    # Weight averaging: the tested model is an exponential moving average of the trained one.
+    "pgd7_m3_e100_ema995": [*PGD, "trainer.max_epochs=100", "regularizer.adversarial.multiplier=3.0", *EMA(0.995)],
+    "pgd7_m3_e100_ema99": [*PGD, "trainer.max_epochs=100", "regularizer.adversarial.multiplier=3.0", *EMA(0.99)],
+    "pgd7_e100_ema995": [*PGD, "trainer.max_epochs=100", *EMA(0.995)],
+    "pgd7_m3_e150_ema995": [*PGD, "trainer.max_epochs=150", "regularizer.adversarial.multiplier=3.0", *EMA(0.995)],
+    "pgd7_m2_e100_ema995": [*PGD, "trainer.max_epochs=100", "regularizer.adversarial.multiplier=2.0", *EMA(0.995)],
+    "pgd7_e150_ema995": [*PGD, "trainer.max_epochs=150", *EMA(0.995)],
+    "pgd10_eps25_e100_ema995": [*PGD, "trainer.max_epochs=100", "regularizer.adversarial.pgd_iterations=10",
+                                "regularizer.adversarial.pgd_epsilon=0.25", "regularizer.adversarial.adv_step_size=0.06",
+                                *EMA(0.995)],
+    "pgd7_eps25_e100_ema995": [*PGD, "trainer.max_epochs=100", "regularizer.adversarial.pgd_epsilon=0.25",
+                               "regularizer.adversarial.adv_step_size=0.08", *EMA(0.995)],
 }
 COMMON = ["experiment=digits_cnn", "logger=none", "trainer.enable_progress_bar=false", "num_threads=1",
           "eval.attacks=[pgd]", "eval.eps=[0.1]"]
@@ -123,9 +141,14 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         f"- Best mean APGD accuracy with clean validation within 1 point of base (>= {bound:.1f}): {best_within}.",
         f"- Best mean APGD accuracy with any clean accuracy: {best_any}.",
         "- train s: training and the test stage (PGD-20 at 0.1), one thread, beside other jobs.",
-        *([f"- Measured at commit {earlier[0]['measured_at']} by a scratch copy of this script's computations "
-           "(src/ has changed since only in nsl-eval's --split option): "
-           + ", ".join(r["recipe"] for r in earlier) + "."] if earlier else []),
+        *[(f"- Measured at commit {commit} by a scratch copy of this script's computations: " if commit == "60e815a"
+           else f"- Measured by this script with src/ and conf/ as at commit {commit}: ") + ", ".join(r["recipe"] for r in earlier if
+                                                                           r["measured_at"] == commit) + "."
+          for commit in dict.fromkeys(r["measured_at"] for r in earlier)],
+        *(["- src/ and conf/ have changed since only by what these recipes do not use (nsl-eval's --split; "
+           "`callbacks=ema`, whose `nsl_lab.callbacks.WeightAverage` validates and tests the same weights as "
+           "Lightning's `EMAWeightAveraging`, which the `*_ema*` recipes named directly then, when "
+           "`learner.restore_best` is false, as in experiment=digits_cnn)."] if earlier else []),
         f"- Machine: {machine()}",
         "",
     ])

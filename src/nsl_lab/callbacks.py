@@ -1,4 +1,5 @@
-"""Lightning callbacks of a run: its clock, seeding and RNG state, checkpoints, loss guard."""
+"""Lightning callbacks of a run: its clock, seeding and RNG state, checkpoints, loss guard,
+weight averaging."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states, reset_seed
+from pytorch_lightning.callbacks import EMAWeightAveraging
 
 from nsl_lab.errors import TrainingDiverged, check_range
 
@@ -146,3 +148,47 @@ class LastCheckpoint(pl.Callback):
         trainer.save_checkpoint(partial, weights_only=False)
         if trainer.is_global_zero:
             os.replace(partial, self.dirpath / "last.ckpt")
+
+
+class WeightAverage(EMAWeightAveraging):
+    r"""Validates, tests and saves an exponential moving average of the weights instead of the
+    last ones (Polyak averaging; for adversarial training, Gowal et al. 2020, "Uncovering the
+    limits of adversarial training against norm-bounded adversarial examples", where it adds
+    robust accuracy):
+
+    .. math:: \bar w_1 = w_1, \qquad \bar w_t = d\,\bar w_{t-1} + (1 - d)\,w_t
+
+    after every optimizer step :math:`t`, over parameters and buffers (batch-norm statistics);
+    training itself follows the raw weights. Checkpoints hold both, so a resumed run averages
+    on as an uninterrupted one.
+
+    Lightning's ``EMAWeightAveraging``, with the averaged weights in place for the whole
+    validation loop: Lightning swaps them back before the learner's epoch-end hook, which keeps
+    the best epoch's weights for ``learner.restore_best`` and would keep the raw ones.
+
+    Args:
+        decay: :math:`d` in [0, 1), 0.995 by default (the average's half-life: about
+            :math:`\ln 2 / (1 - d)` = 138 steps).
+    """
+
+    def __init__(self, decay: float = 0.995) -> None:
+        decay = float(check_range("decay", decay, 0.0, 1.0, high_inclusive=False))
+        super().__init__(decay=decay)
+        self.decay = decay
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass  # swapped for the whole loop in on_validation_start / on_validation_end
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._average_model is not None:
+            self._swap_models(pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._average_model is not None:
+            self._swap_models(pl_module)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(decay={self.decay:g})"
