@@ -61,3 +61,25 @@ def test_bad_adversarial_settings_fail_in_one_line(tmp_path, cache_dir, override
     errors = [line for line in completed.stderr.splitlines() if line.startswith("nsl_lab: error:")]
     assert completed.returncode == 2 and metrics is None
     assert len(errors) == 1 and message in errors[0], completed.stderr[-2000:]
+
+
+def test_the_robust_preset_tests_and_saves_the_averaged_weights(tmp_path, cache_dir):
+    """experiment=digits_robust (callbacks=ema): model.pt holds the exponential moving average
+    that the last checkpoint keeps beside the raw weights, not the raw ones."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    small = [o for o in DIGITS if not o.startswith("experiment=")]
+    _, metrics = run_train(["experiment=digits_robust", *small, "trainer.max_epochs=2", "checkpoint.every_n_epochs=1", "checkpoint.keep=true",
+                            "regularizer.adversarial.pgd_iterations=2", "eval.eps=[0.1]"], run_dir, cache_dir,
+                           in_process=True)
+    assert "test/robust_acc/pgd/eps=0.1" in metrics
+    (last,) = run_dir.glob("checkpoints/*/last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    average = {k.removeprefix("backbone."): v for k, v in checkpoint["state_dict"].items() if k.startswith("backbone.")}
+    raw = {k.removeprefix("backbone."): v for k, v in checkpoint["current_model_state"].items()
+           if k.startswith("backbone.")}
+    floats = [k for k, v in saved.items() if v.is_floating_point()]
+    assert floats and all(torch.equal(saved[k], average[k]) for k in floats)
+    assert not all(torch.equal(saved[k], raw[k]) for k in floats)
