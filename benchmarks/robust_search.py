@@ -1,5 +1,6 @@
-"""The validation search behind robust_eval's PGD-7-long: adversarial training recipes for the
-digits CNN, each scored on the 180 validation images (the test set chooses nothing).
+"""The validation search behind robust_eval's PGD-7-long (first round) and PGD-10-EMA
+(``experiment=digits_robust``, second round: the ``*_ema*`` recipes): adversarial training
+recipes for the digits CNN, each scored on the 180 validation images (the test set chooses nothing).
 
     python benchmarks/robust_search.py --jobs 2          # every recipe, seed 0 (~45 min on 2 cores)
     python benchmarks/robust_search.py --recipes pgd7_e40 pgd7_m3_e100
