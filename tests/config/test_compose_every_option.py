@@ -64,7 +64,7 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path):
         kind = instantiate(compose(overrides, tmp_path).data).input_kind
         overrides += [f"backbone={INPUTS[kind][0]}", "regularizer=none"]
     if group == "backbone":
-        overrides += {"cnn": ["data=digits"], "resnet": ["data=digits"], "rnn": ["data=imdb"]}.get(option, [])
+        overrides += {"cnn": ["data=digits"], "resnet": ["data=digits"], "rnn": ["data=imdb"], "bag": ["data=imdb"]}.get(option, [])
         overrides += ["regularizer=none"]
     if (group, option) == ("learner", "representation"):
         overrides += ["regularizer=neighborhood"]  # the default bundle reads labels

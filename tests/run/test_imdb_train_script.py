@@ -77,3 +77,17 @@ def test_propagated_preset_sweeps_label_fractions_only():
     assert list(cfg.regularizer) == ["propagated"]
     assert cfg.data.include_unlabeled and cfg.data.labeled_per_batch == 8
     assert cfg.data.neighbors == 0 and cfg.trainer.max_steps == 2400
+
+
+def test_imdb_bag_of_ngrams_with_vat_run(tmp_path, data_root, cache_dir):
+    """experiment=imdb_bag regularizer=vat: whole reviews through word and bigram vectors, VAT on them."""
+    run_dir = tmp_path / "run"
+    small = [a for a in SMALL if not a.startswith(("experiment=", "data.max_len"))]
+    _, metrics = run_train(["experiment=imdb_bag", *small, "data.max_len=120", "backbone.buckets=1024",
+                            "regularizer=vat", "logger=csv"], run_dir, cache_dir, data_root, in_process=True)
+    resolved = (run_dir / "config_resolved.yaml").read_text()
+    assert "BagOfNgrams" in resolved and "kind: none" in resolved and "max_len: 120" in resolved
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    vat_losses = [float(r["train/vat_loss"]) for r in rows if r.get("train/vat_loss")]
+    assert vat_losses and max(vat_losses) > 0
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["n_labeled"] == 216
