@@ -52,11 +52,13 @@ class RunCache:
     """Finished runs appended to a JSON Lines file, so an interrupted benchmark resumes
     and several invocations (e.g. one per label setting) can share the work."""
 
-    def __init__(self, name: str, key: str) -> None:
+    def __init__(self, name: str, key: str, carry: tuple[str, ...] = ()) -> None:
+        """``carry``: earlier keys whose runs are reused too (a study spread over sessions whose
+        code changed only where its runs do not read); each row keeps the key it was run under."""
         RESULTS.mkdir(exist_ok=True)
         self.path, self.key = RESULTS / f"{name}.runs.jsonl", key
         lines = self.path.read_text().splitlines() if self.path.exists() else []
-        self.rows = [row for row in map(json.loads, lines) if row.get("fingerprint") == key]
+        self.rows = [row for row in map(json.loads, lines) if row.get("fingerprint") in (key, *carry)]
 
     def find(self, **match) -> dict | None:
         return next((r for r in self.rows if all(r.get(k) == v for k, v in match.items())), None)

@@ -54,6 +54,9 @@ CONFIGS = {
                                                                       "~regularizer.vat", *AT_EMBEDDINGS]),
     "vat_adversarial": ("VAT + AT on word embeddings", ["experiment=imdb_vat", "regularizer=[vat,adversarial]",
                                                          *AT_EMBEDDINGS]),
+    # fastText-style bag of words and bigrams over each review's first 800 tokens (Joulin et al. 2017)
+    "bag": ("bag of words and bigrams (experiment=imdb_bag)", ["experiment=imdb_bag"]),
+    "bag_vat": ("bag of words and bigrams + VAT on its vectors (experiment=imdb_bag_vat)", ["experiment=imdb_bag_vat"]),
 }
 #: per results name (``--name``), the target of each label fraction
 TARGETS = {
@@ -198,7 +201,10 @@ def report(rows: list[dict], graph: dict | None, args: argparse.Namespace, machi
         f"Seed {args.seed}, test on the 25,000 test reviews, {args.steps} optimizer steps per run, overriding each "
         "config's preset: " + "; ".join(f"{CONFIGS[name][0]}: `{' '.join(CONFIGS[name][1])}`" for name in args.configs) +
         " (batches of 64 training reviews, plus `data.labeled_per_batch` labeled ones where the preset sets it; "
-        f"each review's last 160 tokens, BiLSTM 2 x 32, one thread; {args.jobs} runs at a time on the "
+        + "; ".join(reads for reads, family in (("each review's last 160 tokens, BiLSTM 2 x 32", "bi"),
+                                                  ("each review's first 800 tokens, bag of words and bigrams", "bag"))
+                    if any(name.startswith("bag") == (family == "bag") for name in args.configs))
+        + f", one thread; {args.jobs} runs at a time on the "
         "shared 2-core machine, so wall times include contention). "
         f"Reproduce: `python benchmarks/imdb_label_frac.py --configs {' '.join(args.configs)} --steps {args.steps} "
         f"--jobs {args.jobs}{reproduce_options(args)} --name {args.name}`",

@@ -13,7 +13,9 @@ test stage evaluates PGD-20 and AutoAttack (``eval.attacks=[pgd,autoattack]``, s
 APGD-CE, APGD-T, Square 5000 queries) in Linf; then ``nsl_lab.evaluate`` (``nsl-eval``) runs the
 same pair in L2 on the saved model. Finished runs are cached in
 benchmarks/results/robust_eval.runs.jsonl (keyed by a hash of src/ and conf/), so an interrupted
-benchmark resumes. Writes benchmarks/results/robust_eval.{json,md,png}.
+benchmark resumes; a study spread over sessions reuses runs cached under an earlier
+fingerprint with ``--carry <fingerprint>``, and its report names the commit they were measured
+at. Writes benchmarks/results/robust_eval.{json,md,png}.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import argparse
 import multiprocessing
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -120,9 +123,12 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[],
                         help="more overrides for every run, e.g. a smoke test: trainer.max_epochs=1 "
                              "eval.settings.autoattack.version=fast")
+    parser.add_argument("--carry", nargs="*", default=[],
+                        help="also reuse the runs cached under these earlier src/conf fingerprints (the report "
+                             "names the commit each carried run was measured at)")
     args = parser.parse_args()
     quiet()
-    cache = RunCache(args.name, fingerprint("src", "conf"))
+    cache = RunCache(args.name, fingerprint("src", "conf"), tuple(args.carry))
     settings = {"linf": [f"{e:g}" for e in args.eps], "l2": [f"{e:g}" for e in args.l2_eps], "extra": args.extra}
     with tempfile.TemporaryDirectory() as scratch:
         todo, rows = [], []
@@ -138,12 +144,12 @@ def main() -> None:
         if args.jobs > 1 and len(todo) > 1:
             with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for row in pool.map(run_one, todo):
-                    cache.add({**row, "settings": settings})
+                    cache.add({**row, "settings": settings, "commit": machine()["commit"]})
                     rows.append(row)
         else:
             for job in todo:
                 row = run_one(job)
-                cache.add({**row, "settings": settings})
+                cache.add({**row, "settings": settings, "commit": machine()["commit"]})
                 rows.append(row)
 
     def cell(values: list[float]) -> str:
@@ -234,6 +240,9 @@ def main() -> None:
         "|---|---|---|",
         *[f"| {text} | {'yes' if ok else 'NO'} | {value} |" for text, ok, value in checks],
         "",
+        *[f"- {count} of these runs were measured at commit {commit} (src/ and conf/ fingerprint {key}: "
+          "`--carry`); what changed since does not touch the digits runs." for (commit, key), count in
+          Counter((r.get("commit", "?"), r["fingerprint"]) for r in rows if r.get("fingerprint") in args.carry).items()],
         "- Seconds per run (training + Linf evaluation, 1 thread each, "
         + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()) + ").",
         f"- Machine: {machine()}",

@@ -55,3 +55,12 @@ def test_bad_settings_fail_clearly():
         BagOfNgrams(10, 2, ngrams=4)
     with pytest.raises(ConfigError, match="backbone.buckets"):
         BagOfNgrams(10, 2, buckets=0)
+
+
+def test_normalized_vectors_have_unit_variance_over_the_table():
+    model = BagOfNgrams(50, 2, embedding_dim=3, ngrams=1, normalize=True).eval()
+    with torch.no_grad():
+        model.embedding.weight.mul_(7.0).add_(2.0)  # training grew and shifted the vectors
+    every_row = model.embed(torch.arange(1, 50)[None])[0]
+    assert torch.allclose(every_row.mean(0), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(every_row.std(0), torch.ones(3), atol=1e-5)

@@ -45,13 +45,17 @@ class BagOfNgrams(Backbone):
         ngrams: longest n-gram, 1 to 3 (default 2: words and bigrams).
         buckets: hash rows shared by the n-grams of order 2 and more (default 2**18).
         dropout: dropout on :math:`u` (default 0.0).
+        normalize: Miyato et al. 2017's normalized embeddings: each coordinate of the table
+            centred and scaled to unit variance over its rows (padding excluded) before the
+            lookup, so an adversarial radius on ``embed(x)`` keeps its meaning while training
+            grows the vectors (default False).
     """
 
     accepts = ("tokens",)
-    repr_settings = ("embedding_dim", "ngrams", "buckets", "dropout")
+    repr_settings = ("embedding_dim", "ngrams", "buckets", "dropout", "normalize")
 
     def __init__(self, in_features: int, num_classes: int, embedding_dim: int = 64, ngrams: int = 2,
-                 buckets: int = 2 ** 18, dropout: float = 0.0) -> None:
+                 buckets: int = 2 ** 18, dropout: float = 0.0, normalize: bool = False) -> None:
         super().__init__()
         for name, value in [("in_features", in_features), ("num_classes", num_classes),
                             ("embedding_dim", embedding_dim), ("buckets", buckets)]:
@@ -62,6 +66,7 @@ class BagOfNgrams(Backbone):
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.embedding_dim, self.ngrams, self.dropout = int(embedding_dim), int(ngrams), float(dropout)
         self.buckets = int(buckets) if self.ngrams > 1 else 0
+        self.normalize = bool(normalize)
         self.embedding = nn.Embedding(self.in_features + self.buckets, self.embedding_dim, padding_idx=0)
         self.classifier = nn.Linear(self.embedding_dim, self.num_classes)
         self.reset_parameters()
@@ -77,8 +82,13 @@ class BagOfNgrams(Backbone):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] < self.ngrams:  # padding columns, so every order has a row and head can count
             x = F.pad(x, (0, self.ngrams - x.shape[1]))
-        ids = [x] + [ngram_ids(x, n, self.in_features, self.buckets) for n in range(2, self.ngrams + 1)]
-        return self.embedding(torch.cat(ids, dim=1))
+        ids = torch.cat([x] + [ngram_ids(x, n, self.in_features, self.buckets) for n in range(2, self.ngrams + 1)],
+                        dim=1)
+        if not self.normalize:
+            return self.embedding(ids)
+        rows = self.embedding.weight[1:]
+        mean, std = rows.mean(0), rows.std(0).clamp_min(1e-6)
+        return (F.embedding(ids, self.embedding.weight) - mean) / std
 
     def mask(self, tokens: int, lengths: torch.Tensor) -> torch.Tensor:
         """``[B, T']``: which rows of ``embed``'s output come from a row's first ``lengths`` tokens."""
