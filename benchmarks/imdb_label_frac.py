@@ -56,7 +56,14 @@ CONFIGS = {
                                                          *AT_EMBEDDINGS]),
     # fastText-style bag of words and bigrams over each review's first 800 tokens (Joulin et al. 2017)
     "bag": ("bag of words and bigrams (experiment=imdb_bag)", ["experiment=imdb_bag"]),
-    "bag_vat": ("bag of words and bigrams + VAT on its vectors (experiment=imdb_bag_vat)", ["experiment=imdb_bag_vat"]),
+    "bag_vat": ("bag of words and bigrams + VAT, radius 1 (experiment=imdb_bag_vat)", ["experiment=imdb_bag_vat"]),
+    # the same on Miyato et al.'s normalized vectors, VAT radius 5 (theirs) and 20
+    "bag_normalized": ("bag, normalized vectors", ["experiment=imdb_bag", "backbone.normalize=true"]),
+    "bag_normalized_vat_5": ("bag, normalized vectors + VAT, radius 5",
+                             ["experiment=imdb_bag_vat", "backbone.normalize=true", "regularizer.vat.adv_step_size=5.0"]),
+    "bag_normalized_vat_20": ("bag, normalized vectors + VAT, radius 20",
+                              ["experiment=imdb_bag_vat", "backbone.normalize=true",
+                               "regularizer.vat.adv_step_size=20.0"]),
 }
 #: per results name (``--name``), the target of each label fraction
 TARGETS = {
@@ -64,6 +71,8 @@ TARGETS = {
     "imdb_vat_4800": {"1.0": "vat >= 89 (base 87.7 at 2400 steps)"},
     "imdb_vat_ema": {"1.0": "vat_ema >= 89 (base 87.7 at 2400 steps, VAT 88.5 at 4800)"},
     "imdb_vat_adversarial": {"1.0": "VAT (+ AT) >= 89 (base 87.7, VAT 88.1)"},
+    "imdb_bag": {"1.0": "VAT >= 89 (BiLSTM base 87.7); the bag's own base beside it"},
+    "imdb_bag_normalized": {"1.0": "VAT >= 89 (BiLSTM base 87.7); the bag's own base beside it"},
 }
 DEFAULT_TARGETS = {"1.0": "base >= 86", "0.01": "graph >= base + 10"}
 FRACTIONS = ["0.01", "0.02", "0.05", "0.1", "1.0"]

@@ -80,13 +80,15 @@ def test_propagated_preset_sweeps_label_fractions_only():
 
 
 def test_imdb_bag_of_ngrams_with_vat_run(tmp_path, data_root, cache_dir):
-    """experiment=imdb_bag regularizer=vat: whole reviews through word and bigram vectors, VAT on them."""
+    """experiment=imdb_bag_vat (here on normalized vectors): whole reviews through word and bigram
+    vectors, VAT on them."""
     run_dir = tmp_path / "run"
     small = [a for a in SMALL if not a.startswith(("experiment=", "data.max_len"))]
-    _, metrics = run_train(["experiment=imdb_bag", *small, "data.max_len=120", "backbone.buckets=1024",
-                            "regularizer=vat", "logger=csv"], run_dir, cache_dir, data_root, in_process=True)
+    _, metrics = run_train(["experiment=imdb_bag_vat", *small, "data.max_len=120", "backbone.buckets=1024",
+                            "backbone.normalize=true", "logger=csv"], run_dir, cache_dir, data_root, in_process=True)
     resolved = (run_dir / "config_resolved.yaml").read_text()
-    assert "BagOfNgrams" in resolved and "kind: none" in resolved and "max_len: 120" in resolved
+    assert "BagOfNgrams" in resolved and "normalize: true" in resolved and "kind: none" in resolved
+    assert "max_len: 120" in resolved and "adv_step_size: 1.0" in resolved
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
     vat_losses = [float(r["train/vat_loss"]) for r in rows if r.get("train/vat_loss")]
     assert vat_losses and max(vat_losses) > 0
