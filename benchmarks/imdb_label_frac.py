@@ -57,6 +57,9 @@ CONFIGS = {
     # fastText-style bag of words and bigrams over each review's first 800 tokens (Joulin et al. 2017)
     "bag": ("bag of words and bigrams (experiment=imdb_bag)", ["experiment=imdb_bag"]),
     "bag_vat": ("bag of words and bigrams + VAT, radius 1 (experiment=imdb_bag_vat)", ["experiment=imdb_bag_vat"]),
+    # VAT where it has unlabeled reviews to read: every training review in the batches, 8 labeled ones added
+    "bag_vat_unlabeled": ("bag + VAT over every training review (+ 8 labeled a batch)",
+                          ["experiment=imdb_bag_vat", "data.include_unlabeled=true", "data.labeled_per_batch=8"]),
     # the same on Miyato et al.'s normalized vectors, VAT radius 5 (theirs) and 20
     "bag_normalized": ("bag, normalized vectors", ["experiment=imdb_bag", "backbone.normalize=true"]),
     "bag_normalized_vat_5": ("bag, normalized vectors + VAT, radius 5",
@@ -72,6 +75,7 @@ TARGETS = {
     "imdb_vat_ema": {"1.0": "vat_ema >= 89 (base 87.7 at 2400 steps, VAT 88.5 at 4800)"},
     "imdb_vat_adversarial": {"1.0": "VAT (+ AT) >= 89 (base 87.7, VAT 88.1)"},
     "imdb_bag": {"1.0": "VAT >= 89 (BiLSTM base 87.7); the bag's own base beside it"},
+    "imdb_bag_1pct": {"0.01": "VAT's gain where it reads unlabeled reviews (no target)"},
     "imdb_bag_normalized": {"1.0": "VAT >= 89 (BiLSTM base 87.7); the bag's own base beside it"},
 }
 DEFAULT_TARGETS = {"1.0": "base >= 86", "0.01": "graph >= base + 10"}
