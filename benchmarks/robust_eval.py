@@ -130,6 +130,7 @@ def main() -> None:
     quiet()
     cache = RunCache(args.name, fingerprint("src", "conf"), tuple(args.carry))
     settings = {"linf": [f"{e:g}" for e in args.eps], "l2": [f"{e:g}" for e in args.l2_eps], "extra": args.extra}
+    stamp = {"settings": settings, "commit": machine()["commit"]}  # what a cached row was run under
     with tempfile.TemporaryDirectory() as scratch:
         todo, rows = [], []
         # Seed by seed (an interrupted study leaves whole seeds), the slowest (adversarially
@@ -144,12 +145,12 @@ def main() -> None:
         if args.jobs > 1 and len(todo) > 1:
             with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for row in pool.map(run_one, todo):
-                    cache.add({**row, "settings": settings, "commit": machine()["commit"]})
+                    cache.add({**row, **stamp})
                     rows.append(row)
         else:
             for job in todo:
                 row = run_one(job)
-                cache.add({**row, "settings": settings, "commit": machine()["commit"]})
+                cache.add({**row, **stamp})
                 rows.append(row)
 
     def cell(values: list[float]) -> str:
