@@ -9,12 +9,17 @@ import platform
 import statistics
 import subprocess
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+Job = TypeVar("Job")
+Row = TypeVar("Row")
 
 
 def quiet() -> None:
@@ -24,8 +29,24 @@ def quiet() -> None:
     os.environ.setdefault("NSL_LAB_DATA", str(HERE.parent.parent / "shared" / "data"))
 
 
+def run_jobs(function: Callable[[Job], Row], jobs: Sequence[Job], workers: int) -> Iterator[Row]:
+    """``function(job)`` for every job, yielded as each finishes (so a cache records it at once):
+    in this process when ``workers`` is 1 or there is one job, else in ``workers`` spawned processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(function, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(function, job) for job in jobs]):
+            yield future.result()
+
+
 def machine() -> dict[str, str]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], capture_output=True, text=True, cwd=HERE).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit and git("status", "--porcelain", "--", "../src", "../conf"):
+        commit += "-dirty"  # the figures come from code that no commit holds
     return {
         "cpu_count": str(os.cpu_count()),
         "torch": torch.__version__,
@@ -59,6 +80,7 @@ class RunCache:
         self.path, self.key = RESULTS / f"{name}.runs.jsonl", key
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         self.rows = [row for row in map(json.loads, lines) if row.get("fingerprint") in (key, *carry)]
+        self.rows.sort(key=lambda row: row["fingerprint"] != key)  # a run under today's code wins over a carried one
 
     def find(self, **match) -> dict | None:
         return next((r for r in self.rows if all(r.get(k) == v for k, v in match.items())), None)

@@ -20,14 +20,12 @@ at. Writes benchmarks/results/robust_eval.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from common import RESULTS, RunCache, fingerprint, machine, mean_std, quiet, write
+from common import RESULTS, RunCache, fingerprint, machine, mean_std, quiet, run_jobs, write
 
 DIGITS = ["experiment=digits_cnn"]
 CONFIGS = {
@@ -142,16 +140,9 @@ def main() -> None:
                     rows.append(row)
                 else:
                     todo.append((name, seed, args.eps, args.l2_eps, args.extra, str(Path(scratch) / f"{name}-{seed}")))
-        if args.jobs > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for row in pool.map(run_one, todo):
-                    cache.add({**row, **stamp})
-                    rows.append(row)
-        else:
-            for job in todo:
-                row = run_one(job)
-                cache.add({**row, **stamp})
-                rows.append(row)
+        for row in run_jobs(run_one, todo, args.jobs):
+            cache.add({**row, **stamp})
+            rows.append(row)
 
     def cell(values: list[float]) -> str:
         mean, std = mean_std([100 * v for v in values])
@@ -242,7 +233,7 @@ def main() -> None:
         *[f"| {text} | {'yes' if ok else 'NO'} | {value} |" for text, ok, value in checks],
         "",
         *[f"- {count} of these runs were measured at commit {commit} (src/ and conf/ fingerprint {key}: "
-          "`--carry`); what changed since does not touch the digits runs." for (commit, key), count in
+          "reused with `--carry`)." for (commit, key), count in
           Counter((r.get("commit", "?"), r["fingerprint"]) for r in rows if r.get("fingerprint") in args.carry).items()],
         "- Seconds per run (training + Linf evaluation, 1 thread each, "
         + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()) + ").",

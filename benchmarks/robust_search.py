@@ -15,13 +15,11 @@ hash of src/ and conf/). Writes benchmarks/results/robust_search.{json,md}.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from common import RunCache, fingerprint, machine, quiet, write
+from common import RunCache, fingerprint, machine, quiet, run_jobs, write
 
 PGD = ["regularizer=adversarial_pgd"]
 
@@ -167,16 +165,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         rows = {name: cache.find(recipe=name) for name in args.recipes}
         todo = [(name, str(Path(scratch) / name)) for name, row in rows.items() if row is None]
-        if args.jobs > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for row in pool.map(run_recipe, todo):
-                    cache.add(row)
-                    rows[row["recipe"]] = row
-        else:
-            for job in todo:
-                row = run_recipe(job)
-                cache.add(row)
-                rows[row["recipe"]] = row
+        for row in run_jobs(run_recipe, todo, args.jobs):
+            cache.add(row)
+            rows[row["recipe"]] = row
     report([rows[name] for name in args.recipes], args)
 
 

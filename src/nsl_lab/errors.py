@@ -110,6 +110,13 @@ def check_range(
     return value
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """Checks that ``value`` is ``true`` or ``false`` (a string such as ``'off'`` would be truthy)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is not allowed; it must be true or false", name)
+    return value
+
+
 def check_integer(name: str, value: Any, minimum: int, *, optional: bool = False) -> Any:
     """Checks that ``value`` is an integer (not a bool, not a float) >= ``minimum``
     (or ``None`` when ``optional``)."""

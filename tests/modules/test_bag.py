@@ -55,6 +55,9 @@ def test_bad_settings_fail_clearly():
         BagOfNgrams(10, 2, ngrams=4)
     with pytest.raises(ConfigError, match="backbone.buckets"):
         BagOfNgrams(10, 2, buckets=0)
+    # a string flag would be truthy: 'off' must not switch the normalization on
+    with pytest.raises(ConfigError, match="backbone.normalize='off' is not allowed; it must be true or false"):
+        BagOfNgrams(10, 2, normalize="off")
 
 
 def test_normalized_vectors_have_unit_variance_over_the_table():

@@ -40,3 +40,5 @@ def test_bad_settings_fail_clearly():
         RNNClassifier(10, 2, cell="rnn")
     with pytest.raises(ConfigError, match="backbone.pooling='sum' is not supported"):
         RNNClassifier(10, 2, pooling="sum")
+    with pytest.raises(ConfigError, match="backbone.bidirectional='no' is not allowed; it must be true or false"):
+        RNNClassifier(10, 2, bidirectional="no")

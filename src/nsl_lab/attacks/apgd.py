@@ -15,7 +15,7 @@ from torch import nn
 from nsl_lab.attacks.steepest_ascent import (
     BallNorm, _per_example, check_clip, eval_mode, project, random_in_ball, steepest_direction,
 )
-from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_flag, check_integer, check_range
 from nsl_lab.modules.backbone import as_output
 
 ApgdLoss = Literal["ce", "dlr"]
@@ -168,7 +168,7 @@ class APGD:
         check_range("rho", rho, 0.0, 1.0)
         check_clip(clip_min, clip_max)
         self.eps, self.norm, self.steps, self.loss = float(eps), norm, steps, loss
-        self.targeted, self.n_target_classes, self.restarts, self.rho = bool(targeted), n_target_classes, restarts, rho
+        self.targeted, self.n_target_classes, self.restarts, self.rho = check_flag("targeted", targeted), n_target_classes, restarts, rho
         self.clip_min, self.clip_max, self.generator = clip_min, clip_max, generator
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

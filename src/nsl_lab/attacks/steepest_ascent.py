@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
-from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_flag, check_integer, check_range
 
 #: steepest-ascent directions
 Norm = Literal["linf", "l2", "l1"]
@@ -185,7 +185,7 @@ class SteepestAscent:
         if clip_min is not None and clip_max is not None and clip_min > clip_max:
             raise ConfigError(f"clip_min={clip_min!r} must be <= clip_max={clip_max!r}", "clip_min")
         self.norm, self.step_size, self.steps, self.epsilon = norm, float(step_size), steps, epsilon
-        self.random_init, self.clip_min, self.clip_max = bool(random_init), clip_min, clip_max
+        self.random_init, self.clip_min, self.clip_max = check_flag("random_init", random_init), clip_min, clip_max
         self.feature_mask = None if feature_mask is None else torch.as_tensor(feature_mask, dtype=torch.float32)
 
     def check_mask(self, x: torch.Tensor) -> None:

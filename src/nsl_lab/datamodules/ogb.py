@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from nsl_lab.datamodules.stored_graph import STORED_FILES, StoredGraphDataModule
-from nsl_lab.errors import ConfigError, check_choice
+from nsl_lab.errors import ConfigError, check_choice, check_flag
 from nsl_lab.files import file_digest
 from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.graphs.store import StoreDtype, build_once, save_csr, write_features
@@ -111,7 +111,7 @@ class OGBDataModule(StoredGraphDataModule):
         if not name.startswith("ogbn-"):
             raise ConfigError(f"data.name={name!r} is not an OGB node-property dataset; allowed: names like 'ogbn-arxiv'")
         self.data_dir, self.name, self.split_type = Path(data_dir).expanduser(), name, split_type
-        self.symmetrize, self.dtype = bool(symmetrize), dtype
+        self.symmetrize, self.dtype = check_flag("data.symmetrize", symmetrize), dtype
 
     @property
     def root(self) -> Path:

@@ -22,7 +22,7 @@ from nsl_lab.batch import Batch, trim_padding
 from nsl_lab.context import GraphData, LabeledSplits, Requirement
 from nsl_lab.datamodules.generators import SeededGenerators
 from nsl_lab.datamodules.label_fraction import check_label_setting, stratified_label_subset
-from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_flag, check_integer, check_range
 from nsl_lab.files import default_cache_dir
 from nsl_lab.graphs.build import EMBEDDING_BUILD, GraphSpec, load_graph, save_graph, similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph, Sampling
@@ -179,7 +179,7 @@ class SampleDataModule(pl.LightningDataModule):
         self.label_frac, self.val_frac, self.test_frac, self.seed = label_frac, val_frac, test_frac, int(seed)
         self.graph_spec = GraphSpec.parse(dict(graph) if hasattr(graph, "items") else graph)
         self.num_neighbors, self.neighbor_sampling = int(neighbors), neighbor_sampling
-        self.include_unlabeled, self.labeled_per_batch = bool(include_unlabeled), int(labeled_per_batch)
+        self.include_unlabeled, self.labeled_per_batch = check_flag("data.include_unlabeled", include_unlabeled), int(labeled_per_batch)
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.graph: NeighborGraph | None = None
         self._ready = False

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nsl_lab.errors import check_integer, check_range
+from nsl_lab.errors import check_flag, check_integer, check_range
 from nsl_lab.modules.backbone import Backbone, Output
 
 #: odd 31-bit multipliers, one per position inside an n-gram (hashing n-grams of token ids)
@@ -45,9 +45,10 @@ class BagOfNgrams(Backbone):
         ngrams: longest n-gram, 1 to 3 (default 2: words and bigrams).
         buckets: hash rows shared by the n-grams of order 2 and more (default 2**18).
         dropout: dropout on :math:`u` (default 0.0).
-        normalize: Miyato et al. 2017's normalized embeddings: each coordinate of the table
-            centred and scaled to unit variance over its rows (padding excluded) before the
-            lookup, so an adversarial radius on ``embed(x)`` keeps its meaning while training
+        normalize: normalized embeddings, an unweighted variant of Miyato et al. 2017's: each
+            coordinate of the table centred and scaled to unit variance over its rows (word
+            and bucket rows alike, padding excluded; Miyato et al. weight the statistics by
+            word frequency) before the lookup, so an adversarial radius on ``embed(x)`` keeps its meaning while training
             grows the vectors (default False).
     """
 
@@ -66,7 +67,7 @@ class BagOfNgrams(Backbone):
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.embedding_dim, self.ngrams, self.dropout = int(embedding_dim), int(ngrams), float(dropout)
         self.buckets = int(buckets) if self.ngrams > 1 else 0
-        self.normalize = bool(normalize)
+        self.normalize = check_flag("backbone.normalize", normalize)
         self.embedding = nn.Embedding(self.in_features + self.buckets, self.embedding_dim, padding_idx=0)
         self.classifier = nn.Linear(self.embedding_dim, self.num_classes)
         self.reset_parameters()
@@ -88,7 +89,7 @@ class BagOfNgrams(Backbone):
             return self.embedding(ids)
         rows = self.embedding.weight[1:]
         mean, std = rows.mean(0), rows.std(0).clamp_min(1e-6)
-        return (F.embedding(ids, self.embedding.weight) - mean) / std
+        return (self.embedding(ids) - mean) / std
 
     def mask(self, tokens: int, lengths: torch.Tensor) -> torch.Tensor:
         """``[B, T']``: which rows of ``embed``'s output come from a row's first ``lengths`` tokens."""

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nsl_lab.errors import check_choice, check_integer, check_range
+from nsl_lab.errors import check_choice, check_flag, check_integer, check_range
 from nsl_lab.modules.backbone import Backbone, Output
 
 Cell = Literal["lstm", "gru"]
@@ -69,7 +69,7 @@ class RNNClassifier(Backbone):
                             ("num_layers", num_layers), ("projection_size", projection_size)]:
             check_integer(f"backbone.{name}", value, 1)
         self.in_features, self.num_classes = int(in_features), int(num_classes)
-        self.cell, self.bidirectional, self.pooling, self.dropout = cell, bool(bidirectional), pooling, dropout
+        self.cell, self.bidirectional, self.pooling, self.dropout = cell, check_flag("backbone.bidirectional", bidirectional), pooling, dropout
         self.embedding_dim, self.hidden_size, self.num_layers = embedding_dim, hidden_size, num_layers
         self.projection_size = projection_size
         self.embedding = nn.Embedding(self.in_features, embedding_dim, padding_idx=0)

@@ -7,7 +7,7 @@ import torch
 
 from nsl_lab.batch import Batch, trim_padding
 from nsl_lab.context import GraphData, Requirement, TrainingStep
-from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
+from nsl_lab.errors import ConfigError, check_choice, check_flag, check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph, Sampling
 from nsl_lab.regularizers.base import Regularizer
 from nsl_lab.regularizers.distances import (
@@ -113,7 +113,7 @@ class GraphRegularizer(Regularizer):
         self.distance, self.transform, self.reduction = distance, transform, reduction
         self.sum_over_axis = sum_over_axis
         self.max_neighbors, self.neighbor_sampling = max_neighbors, neighbor_sampling
-        self.full_graph, self.seeds, self.compare = bool(full_graph), seeds, compare
+        self.full_graph, self.seeds, self.compare = check_flag("full_graph", full_graph), seeds, compare
         self.pair_weights = (float(unlabeled_unlabeled), float(labeled_unlabeled), float(labeled_labeled))
         self._full_batch_pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from nsl_lab.batch import Batch
 from nsl_lab.context import GraphData, Requirement, TrainingStep
-from nsl_lab.errors import ConfigError, check_integer, check_range
+from nsl_lab.errors import ConfigError, check_flag, check_integer, check_range
 from nsl_lab.graphs.build import similarity_graph
 from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.graphs.propagation import label_propagation
@@ -90,7 +90,7 @@ class PropagatedLabelRegularizer(Regularizer):
         self.feature_graph_from_epoch = check_integer("feature_graph_from_epoch", feature_graph_from_epoch, 0,
                                                       optional=True)
         self.feature_graph_k = check_integer("feature_graph_k", feature_graph_k, 1)
-        self.align_to_prior = bool(align_to_prior)
+        self.align_to_prior = check_flag("align_to_prior", align_to_prior)
         # (pseudo-label [N], weight [N]) of every sample, from the last setup or refresh
         self._targets: tuple[torch.Tensor, torch.Tensor] | None = None
 

@@ -12,7 +12,7 @@ from nsl_lab.attacks.steepest_ascent import (
     BallNorm, SteepestAscent, check_clip, frozen_batch_norm_statistics, project,
 )
 from nsl_lab.context import TrainingStep
-from nsl_lab.errors import check_choice, check_range
+from nsl_lab.errors import check_choice, check_flag, check_range
 from nsl_lab.modules.backbone import Backbone
 from nsl_lab.regularizers.base import Regularizer
 from nsl_lab.regularizers.virtual_adversarial import embedded_inputs, kl_from_logits
@@ -111,7 +111,7 @@ class TRADESRegularizer(Regularizer):
             step_size = epsilon / 4
         self.ascent = SteepestAscent(norm=norm, step_size=step_size, steps=steps, epsilon=float(epsilon),
                                      clip_min=clip_value_min, clip_max=clip_value_max)
-        self.attack_in_eval_mode = bool(attack_in_eval_mode)
+        self.attack_in_eval_mode = check_flag("attack_in_eval_mode", attack_in_eval_mode)
         self.generator = generator
 
     @property
