@@ -2,7 +2,6 @@
 validation searches' picks (PGD-7-long; PGD-10-EMA, ``experiment=digits_robust``).
 
     python benchmarks/robust_eval.py --jobs 2                              # 5 seeds, eps 0.05-0.3, L2 eps 1
-    python benchmarks/robust_eval.py --seeds 0 --eps 0.1 0.2 --jobs 2      # what this 2-core machine could afford
     python benchmarks/robust_eval.py --configs base PGD-7 PGD-7-long --eps 0.1 0.2 --l2-eps --jobs 2 \
         --name robust_eval_seeds                                           # a partial study, its own files
     python benchmarks/robust_eval.py --configs base PGD-10-EMA --eps 0.1 0.2 --l2-eps 1 --jobs 2 --name robust_eval_ema
