@@ -42,12 +42,32 @@ Device = Literal["auto", "cpu", "cuda"]
 Split = Literal["test", "val"]
 
 
+#: config nodes whose keys are free (an attack's arguments), so an override may add one
+FREE_FORM_SETTINGS = ("eval.settings",)
+
+
+def check_override_key(cfg: DictConfig, key: str) -> None:
+    """A misspelt key (``evl.eps``) stops in one line, as ``nsl-train`` stops it, instead of
+    being added to the config and ignored."""
+    parts, node = key.split("."), cfg
+    if parts[0] == "eval" and "eval" not in cfg:
+        return  # a config saved before the eval block: every eval setting is new to it
+    for depth, part in enumerate(parts):
+        if ".".join(parts[:depth]) in FREE_FORM_SETTINGS:
+            return
+        if not isinstance(node, DictConfig) or part not in node:
+            raise ConfigError(f"{key} is not a setting of the saved config; allowed: its keys, e.g. eval.eps, "
+                              "eval.attacks, eval.norm, eval.settings.<attack>.<argument>", key)
+        node = node[part]
+
+
 def saved_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
     """The run's resolved config with ``overrides`` (``key=value``) applied."""
     cfg = OmegaConf.load(run_dir / RESOLVED_CONFIG_FILE)
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} is not key=value, e.g. 'eval.eps=[0.1,0.2]'", "overrides")
+        check_override_key(cfg, override.split("=", 1)[0].strip())
     try:
         return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except Exception as error:  # noqa: BLE001 - OmegaConf's grammar errors, in one line

@@ -18,7 +18,7 @@ from nsl_lab.attacks import RobustAccuracy
 from nsl_lab.callbacks import JobClock, LastCheckpoint
 from nsl_lab.compatibility import check_compatibility
 from nsl_lab.context import LabeledSplitsSource
-from nsl_lab.errors import ConfigError, check_integer, config_scope
+from nsl_lab.errors import ConfigError, check_flag, check_integer, check_range, config_scope
 from nsl_lab.files import METRICS_FILE, MODEL_FILE, RESOLVED_CONFIG_FILE, save_tensors, write_json, write_text
 from nsl_lab.loggers import finish as finish_logger
 from nsl_lab.modules.learner import StructuredLearner
@@ -78,10 +78,31 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+#: yes/no settings outside the instantiated objects (a string such as 'off' would count as true)
+RUN_FLAGS = ("checkpoint.save_model", "checkpoint.keep", "learner.restore_best", "eval.sanity_checks")
+
+
 def check_run_settings(cfg: DictConfig) -> None:
-    """Top-level settings, checked before anything is written or loaded."""
+    """Top-level, optimizer and trainer settings, checked before anything is written or loaded
+    (torch and Lightning would reject some only at ``fit``, in a traceback)."""
     check_integer("seed", cfg.get("seed"), 0)
     check_integer("num_threads", cfg.get("num_threads"), 1, optional=True)
+    for key in RUN_FLAGS:
+        if OmegaConf.select(cfg, key) is not None:
+            check_flag(key, OmegaConf.select(cfg, key))
+    for key in ("lr", "weight_decay"):
+        if (cfg.get("optimizer") or {}).get(key) is not None:
+            check_range(f"optimizer.{key}", cfg.optimizer[key], 0.0)
+    trainer = cfg.get("trainer") or {}
+    for key in ("max_epochs", "max_steps"):
+        value = trainer.get(key)
+        if value is not None and value != -1 and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"trainer.{key}={value!r} is not allowed; it must be an integer >= 1, or -1 for no limit",
+                              f"trainer.{key}")
+    accelerator = trainer.get("accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator!r} but torch sees no CUDA GPU here; allowed on this "
+                          "machine: cpu, auto", "trainer.accelerator")
 
 
 def learner_class(cfg: DictConfig) -> type[StructuredLearner]:
@@ -147,13 +168,12 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
     """Fits and tests one model; writes ``config_resolved.yaml``, ``model.pt`` (the tested
     weights) and ``metrics.json``; returns the metrics.
 
-    Incompatible settings stop before any data is loaded; the logger is closed whatever
-    happens.
+    Bad or incompatible settings stop before anything is written or any data is loaded; the
+    logger is closed whatever happens.
     """
     output_dir = Path(output_dir)
     quiet_lightning()
     check_run_settings(cfg)
-    write_text(output_dir / RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     regularizers = build_regularizers(cfg.get("regularizer"))
@@ -181,6 +201,9 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         settings = {k: v for k, v in (cfg.get("learner") or {}).items() if k != "_target_"}
         learner = learner_type(backbone, regularizers, num_classes=datamodule.num_classes, optimizer=optimizer,
                                **settings)
+    # Written once the data, model and learner are built from every setting: a bad value rerun
+    # in a finished run's directory leaves that run's config beside its weights.
+    write_text(output_dir / RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     try:
         if logger:

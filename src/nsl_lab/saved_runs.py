@@ -13,7 +13,7 @@ from nsl_lab.files import MODEL_FILE, RESOLVED_CONFIG_FILE
 
 def locate(path: str | Path, setting: str = "run") -> tuple[Path, Path]:
     """The run directory (holding ``config_resolved.yaml``) and the weights file of ``path``: a
-    run directory, its ``model.pt``, or a checkpoint inside it (e.g. ``checkpoints/last.ckpt``).
+    run directory, its ``model.pt``, or a checkpoint inside it (``checkpoints/<digest>/last.ckpt``).
     Errors name ``setting``, the option that gave the path."""
     path = Path(path)
     if not path.exists():
@@ -27,8 +27,10 @@ def locate(path: str | Path, setting: str = "run") -> tuple[Path, Path]:
         raise ConfigError(f"{setting}={str(path)!r}: no {RESOLVED_CONFIG_FILE} in it or the two folders above; "
                           "give the directory of a finished nsl-train run", setting)
     if not weights.is_file():
-        raise ConfigError(f"{setting}={str(path)!r} holds no {MODEL_FILE} (was checkpoint.save_model false?); "
-                          "give a .ckpt instead", setting)
+        kept = sorted(str(p) for p in path.glob("checkpoints/*/last.ckpt")) if path.is_dir() else []
+        instead = (f"give its checkpoint instead: {kept[0]}" if kept else "the run kept no weights: train it again "
+                   "with checkpoint.save_model=true (or checkpoint.keep=true to keep its last.ckpt)")
+        raise ConfigError(f"{setting}={str(path)!r} holds no {MODEL_FILE}; {instead}", setting)
     return folder, weights
 
 

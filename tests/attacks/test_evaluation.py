@@ -172,10 +172,16 @@ def test_nsl_eval_on_the_validation_split(digits_run, tmp_path):
     (["{run}", "eval.attacks=[cw]"], "eval.attacks='cw' is not supported"),
     (["{run}", "eval.eps"], "override 'eval.eps' is not key=value"),
     (["{run}/corrupt.pt"], "cannot be read as weights"),
+    (["{run}", "evl.eps=[0.1]"], "evl.eps is not a setting of the saved config"),
+    (["{run}", "eval.epz=[0.1]"], "eval.epz is not a setting of the saved config"),
+    (["{run}/weightless"], "holds no model.pt; the run kept no weights: train it again with "
+                           "checkpoint.save_model=true"),
 ])
 def test_nsl_eval_bad_input_fails_in_one_line(digits_run, capsys, args, message):
     run_dir, _ = digits_run
     (run_dir / "corrupt.pt").write_bytes(b"not a checkpoint")
+    (run_dir / "weightless").mkdir(exist_ok=True)  # a run saved with checkpoint.save_model=false
+    (run_dir / "weightless" / "config_resolved.yaml").write_text((run_dir / "config_resolved.yaml").read_text())
     with pytest.raises(SystemExit) as exit_info:
         main([a.format(run=run_dir) for a in args])
     err = capsys.readouterr().err.strip().splitlines()

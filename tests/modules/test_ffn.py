@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nsl_lab.modules import FFN
+from nsl_lab.errors import ConfigError
+from nsl_lab.modules import FFN, StructuredLearner
 from nsl_lab.modules.dropout import dropout
 from nsl_lab.modules.ffn import linear_any, transposed_csr
 
@@ -102,3 +103,14 @@ def test_training_terms_are_logged_on_written_steps_and_the_last(every, expected
     assert len(learner.logged_steps) == expected
     assert learner.logged_steps[-1] == 11
     assert "train/loss" in trainer.logged_metrics
+
+
+@pytest.mark.parametrize("hidden_sizes", ["abc", 64])
+def test_hidden_sizes_that_are_not_a_list_are_named_whole(hidden_sizes):
+    with pytest.raises(ConfigError, match=rf"^backbone.hidden_sizes={hidden_sizes!r} is not allowed; it must be a list"):
+        FFN(4, 2, hidden_sizes=hidden_sizes)
+
+
+def test_restore_best_must_be_a_flag():
+    with pytest.raises(ConfigError, match="learner.restore_best='off' is not allowed; it must be true or false"):
+        StructuredLearner(FFN(4, 2), restore_best="off")

@@ -61,6 +61,40 @@ def test_bad_input_ends_in_one_line(overrides, message, tmp_path, data_root, cac
     assert (run_dir / "notes.txt").read_text() == "mine" and not (run_dir / "metrics.json").exists()
 
 
+# Settings torch or Lightning would reject only at fit, in a traceback, and yes/no settings a
+# string would silently turn on: all stop before anything is written.
+SETTINGS_CASES = [
+    (["optimizer.lr=-1"], "optimizer.lr=-1 is out of range; allowed: 0.0 <= optimizer.lr"),
+    (["optimizer.weight_decay=abc"], "optimizer.weight_decay='abc' must be a number with 0.0 <= optimizer.weight_decay"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed; it must be an integer >= 1, or -1 for no limit"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' is not allowed; it must be an integer >= 1, or -1"),
+    (["trainer.accelerator=gpu"], "trainer.accelerator='gpu' but torch sees no CUDA GPU here; allowed on this "
+                                  "machine: cpu, auto"),
+    (["learner.restore_best=off"], "learner.restore_best='off' is not allowed; it must be true or false"),
+    (["checkpoint.save_model=no"], "checkpoint.save_model='no' is not allowed; it must be true or false"),
+    (["eval.eps=[0.1]", "eval.sanity_checks=maybe"], "eval.sanity_checks='maybe' is not allowed; it must be true"),
+    (["eval.eps=[0.1]", "eval.norm=l1"], "eval.norm='l1' is allowed only with attack 'fgsm'; attack 'pgd' takes"),
+    (["eval.eps=[0.1]", "eval.clip_min=1", "eval.clip_max=0"], "eval.clip_min=1 must be <= clip_max=0"),
+    (["backbone.hidden_sizes=abc"], "backbone.hidden_sizes='abc' is not allowed; it must be a list of integers >= 1"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", SETTINGS_CASES, ids=[" ".join(c[0]) for c in SETTINGS_CASES])
+def test_bad_setting_stops_before_a_finished_run_is_touched(overrides, message, tmp_path, data_root, cache_dir,
+                                                            monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same message on a GPU machine
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    finished = {"config_resolved.yaml": "the finished run's config", "metrics.json": "{}", "model.pt": "weights"}
+    for name, text in finished.items():
+        (run_dir / name).write_text(text)
+    code, _, stderr = nsl_train([*QUICK, *overrides], run_dir, data_root, cache_dir)
+    lines = error_lines(stderr)
+    assert code == 2 and len(lines) == 1 and message in lines[0], stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert {name: (run_dir / name).read_text() for name in finished} == finished
+
+
 def test_diverged_run_keeps_its_logged_history(tmp_path, data_root, cache_dir):
     run_dir = tmp_path / "run"
     code, _, stderr = nsl_train(["data.label_frac=0.05", "optimizer.lr=1e30", "logger=csv", "trainer.max_epochs=20",

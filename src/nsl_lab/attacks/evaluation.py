@@ -21,9 +21,9 @@ from torch import nn
 from torchmetrics import Metric
 
 from nsl_lab.attacks.ensemble import AutoAttack, RobustAttackName, make_robust_attack
-from nsl_lab.attacks.steepest_ascent import Norm, eval_mode
+from nsl_lab.attacks.steepest_ascent import Norm, check_clip, eval_mode
 from nsl_lab.batch import Batch
-from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range, config_scope
+from nsl_lab.errors import ConfigError, check_choice, check_flag, check_integer, check_range, config_scope
 from nsl_lab.modules.backbone import as_output
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,10 @@ class RobustEvaluation:
         check_choice("norm", norm, Norm)
         for name in attacks:
             check_choice("attacks", name, RobustAttackName)
+            if norm == "l1" and name != "fgsm":  # checked here: the attack would name its own settings path
+                raise ConfigError(f"norm='l1' is allowed only with attack 'fgsm'; attack {name!r} takes 'linf', 'l2'",
+                                  "norm")
+        check_clip(clip_min, clip_max)
         if len(set(attacks)) != len(attacks):
             raise ConfigError(f"attacks={list(attacks)!r} holds a name twice", "attacks")
         epsilons = [float(check_range("eps", e, 0.0)) for e in eps]
@@ -163,7 +167,7 @@ class RobustEvaluation:
         for name in settings:
             if name not in attacks:
                 check_choice("settings", name, RobustAttackName)
-        self.names, self.epsilons, self.sanity = list(attacks), epsilons, bool(sanity)
+        self.names, self.epsilons, self.sanity = list(attacks), epsilons, check_flag("sanity_checks", sanity)
         self.attacks: dict[tuple[str, float], Callable] = {}
         for name in self.names:
             for e in epsilons:

@@ -118,6 +118,9 @@ class FFN(Backbone):
         check_range("backbone.input_dropout", input_dropout, 0.0, 1.0, high_inclusive=False)
         check_integer("backbone.in_features", in_features, 1)
         check_integer("backbone.num_classes", num_classes, 1)
+        if isinstance(hidden_sizes, (str, bytes)) or not hasattr(hidden_sizes, "__iter__"):
+            raise ConfigError(f"backbone.hidden_sizes={hidden_sizes!r} is not allowed; it must be a list of integers "
+                              ">= 1, e.g. [256] (empty: logistic regression)", "backbone.hidden_sizes")
         hidden_sizes = list(hidden_sizes)
         for width in hidden_sizes:
             check_integer("backbone.hidden_sizes", width, 1)

@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from nsl_lab.batch import Batch
 from nsl_lab.context import GraphData, GraphDataSource, TrainingStep, run_backbone
-from nsl_lab.errors import ConfigError
+from nsl_lab.errors import ConfigError, check_flag
 from nsl_lab.losses import supervised_loss
 from nsl_lab.modules.backbone import Backbone, Output, as_backbone
 
@@ -94,7 +94,7 @@ class StructuredLearner(pl.LightningModule):
         self.needs_embedding = any(r.needs_embedding for r in self.regularizers.values())
         self.num_classes = num_classes or self.backbone.num_classes
         self.optimizer_factory = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        self.restore_best = restore_best
+        self.restore_best = check_flag("learner.restore_best", restore_best)
         if self.num_classes is not None:
             self._make_metrics()
         self.best_val_acc: float | None = None
