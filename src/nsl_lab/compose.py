@@ -27,11 +27,45 @@ CONF_DIR = find_conf_dir()
 NOT_OPTIONS = {"null", "None", ""}
 
 
+def compose_train(overrides: list[str], conf_dir: str | Path = CONF_DIR) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides``; an override Hydra cannot apply (a key the config
+    does not have, a delete of a missing key) raises one line instead of Hydra's several."""
+    try:
+        with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
+            return compose("train", overrides=list(overrides))
+    except Exception as error:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors, in one line
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ConfigError(" ".join(lines[:2]) or type(error).__name__, "overrides") from None
+
+
 def compose_config(overrides: list[str], output_dir: str | Path, conf_dir: str | Path = CONF_DIR) -> DictConfig:
     """``conf/train.yaml`` with ``overrides``, writing into ``output_dir``."""
     check_group_options(overrides, conf_dir)
-    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    return compose_train([*overrides, f"paths.output_dir={output_dir}"], conf_dir)
+
+
+def check_overrides(arguments: list[str], conf_dir: str | Path = CONF_DIR) -> None:
+    """The command line's overrides, composed once before Hydra runs them: a value that does not
+    parse or a key the config lacks stops in one line (exit 2 in ``nsl-train``), instead of
+    Hydra's several lines and exit 1. Sweeps and Hydra's own flags are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
+        return  # --config-name, --cfg, --info ...: Hydra's own modes
+    overrides = [a for a in arguments if not a.startswith("-")]
+    parser = OverridesParser.create()
+    kept = []
+    for argument in overrides:
+        try:
+            (override,) = parser.parse_overrides([argument])
+        except Exception as error:  # noqa: BLE001 - the grammar's message, named by its override
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"override {argument!r} cannot be parsed: {message}", "overrides") from None
+        if override.is_sweep_override():
+            return  # each job of a sweep is composed by Hydra; a failing one goes to failed.json
+        if not override.key_or_group.startswith("hydra"):
+            kept.append(argument)
+    compose_train(kept, conf_dir)
 
 
 def run_overrides(overrides: list[str], output_dir: str | Path) -> dict[str, float]:

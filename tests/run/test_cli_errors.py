@@ -122,6 +122,19 @@ def test_unknown_group_option_lists_the_options(tmp_path, data_root, cache_dir):
     assert not (tmp_path / "run").exists()  # stopped before Hydra made the run directory
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["foo=1"], "Could not override 'foo'. To append to your config use +foo=1"),
+    (["regularizer=none", "regularizer.graph.multiplier=0.5"], "Could not override 'regularizer.graph.multiplier'."),
+    (["regularizer=none", "~regularizer.balance"], "'regularizer.balance' does not exist"),
+    (["data.label_frac=["], "override 'data.label_frac=[' cannot be parsed: no viable alternative at input '['"),
+])
+def test_an_override_hydra_cannot_apply_ends_in_one_line(overrides, message, tmp_path, data_root, cache_dir):
+    code, _, stderr = nsl_train(overrides, tmp_path / "run", data_root, cache_dir)
+    (line,) = error_lines(stderr)
+    assert code == 2 and message in line, stderr[-2000:]
+    assert "HYDRA_FULL_ERROR" not in stderr and not (tmp_path / "run").exists()
+
+
 def test_a_run_ends_with_one_summary_line_and_keeps_its_model(tmp_path, data_root, cache_dir):
     run_dir = tmp_path / "run"
     code, stdout, stderr = nsl_train(["debug=fast", "logger=none", "data.label_frac=0.05"], run_dir, data_root,
