@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from nsl_lab import multirun  # noqa: E402
-from nsl_lab.compose import CONF_DIR, check_group_options, check_overrides  # noqa: E402
+from nsl_lab.compose import CONF_DIR, check_overrides  # noqa: E402
 from nsl_lab.errors import ConfigError, NslLabError, find_error  # noqa: E402
 from nsl_lab.files import METRICS_FILE, RESOLVED_CONFIG_FILE, clear_failure, read_json, write_failure  # noqa: E402
 from nsl_lab.resume import drop_checkpoints  # noqa: E402
@@ -81,7 +81,6 @@ def job(cfg: DictConfig) -> float:
 def main() -> None:
     """The console command: checks group options, then hands over to Hydra."""
     try:
-        check_group_options(sys.argv[1:], CONF_DIR)
         check_overrides(sys.argv[1:], CONF_DIR)
     except ConfigError as error:
         print(f"nsl_lab: error: {error}", file=sys.stderr)

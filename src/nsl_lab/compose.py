@@ -44,28 +44,34 @@ def compose_config(overrides: list[str], output_dir: str | Path, conf_dir: str |
     return compose_train([*overrides, f"paths.output_dir={output_dir}"], conf_dir)
 
 
-def check_overrides(arguments: list[str], conf_dir: str | Path = CONF_DIR) -> None:
-    """The command line's overrides, composed once before Hydra runs them: a value that does not
-    parse or a key the config lacks stops in one line (exit 2 in ``nsl-train``), instead of
-    Hydra's several lines and exit 1. Sweeps and Hydra's own flags are left to Hydra."""
+def parse_overrides(arguments: list[str]) -> list[tuple[str, Any]]:
+    """Each override of a command line (flags such as ``-m`` left out) with Hydra's parse of
+    it; one that does not parse stops in one line naming it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
-        return  # --config-name, --cfg, --info ...: Hydra's own modes
-    overrides = [a for a in arguments if not a.startswith("-")]
     parser = OverridesParser.create()
-    kept = []
-    for argument in overrides:
+    parsed = []
+    for argument in (a for a in arguments if not a.startswith("-")):
         try:
             (override,) = parser.parse_overrides([argument])
         except Exception as error:  # noqa: BLE001 - the grammar's message, named by its override
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ConfigError(f"override {argument!r} cannot be parsed: {message}", "overrides") from None
-        if override.is_sweep_override():
-            return  # each job of a sweep is composed by Hydra; a failing one goes to failed.json
-        if not override.key_or_group.startswith("hydra"):
-            kept.append(argument)
-    compose_train(kept, conf_dir)
+        parsed.append((argument, override))
+    return parsed
+
+
+def check_overrides(arguments: list[str], conf_dir: str | Path = CONF_DIR) -> None:
+    """The command line checked before Hydra runs it: a group option that does not exist
+    (:func:`check_group_options`), a value that does not parse, or a key the config lacks
+    stops in one line (exit 2 in ``nsl-train``) instead of Hydra's several lines and exit 1.
+    The command line is composed once for that; sweeps and Hydra's own modes are left to Hydra."""
+    parsed = check_group_options(arguments, conf_dir)
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
+        return  # --config-name, --cfg, --info ...: Hydra's own modes
+    if any(override.is_sweep_override() for _, override in parsed):
+        return  # each job of a sweep is composed by Hydra; a failing one goes to failed.json
+    compose_train([a for a, override in parsed if not override.key_or_group.startswith("hydra")], conf_dir)
 
 
 def run_overrides(overrides: list[str], output_dir: str | Path) -> dict[str, float]:
@@ -90,17 +96,12 @@ def _option_names(value: Any) -> Iterable[str]:
         yield str(value)
 
 
-def check_group_options(arguments: list[str], conf_dir: str | Path = CONF_DIR) -> None:
+def check_group_options(arguments: list[str], conf_dir: str | Path = CONF_DIR) -> list[tuple[str, Any]]:
     """An override that picks an option a config group does not have (``regularizer=grpah``)
-    stops here with one line listing the options, instead of Hydra's search-path dump."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    candidates = [a for a in arguments if "=" in a and not a.startswith("-")]
-    try:
-        overrides = OverridesParser.create().parse_overrides(candidates)
-    except Exception:  # noqa: BLE001 - a malformed override: Hydra's own message is clear
-        return
-    for override in overrides:
+    stops here with one line listing the options, instead of Hydra's search-path dump;
+    returns the parsed overrides (:func:`parse_overrides`)."""
+    parsed = parse_overrides(arguments)
+    for _, override in parsed:
         group = override.key_or_group
         if group.startswith("hydra"):  # launchers and sweepers are Hydra plugins, not files here
             continue
@@ -119,3 +120,4 @@ def check_group_options(arguments: list[str], conf_dir: str | Path = CONF_DIR) -
                 if name not in NOT_OPTIONS and name not in options:
                     raise ConfigError(f"{group}={name} is not an option of the {group} group; allowed: "
                                       f"{', '.join(options)}", group)
+    return parsed

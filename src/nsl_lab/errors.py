@@ -8,6 +8,7 @@ config path the component was built from (``regularizer.graph_unlabeled.multipli
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import typing
 from typing import Any, Iterator
@@ -48,15 +49,31 @@ def config_scope(prefix: str) -> Iterator[None]:
     """Errors raised inside name their settings with ``prefix`` (e.g. ``regularizer.graph.``).
 
     Hydra's ``instantiate`` wraps constructor errors; the :class:`ConfigError` behind them
-    is found and re-raised scoped, without the wrapper.
+    is found and re-raised scoped, without the wrapper. A library's constructor (Lightning's
+    ``Trainer``, a torch optimizer) rejecting a value becomes a :class:`ConfigError` naming
+    ``prefix``; an error raised inside nsl_lab's own code stays as it is (a bug, not a setting).
     """
     try:
         yield
-    except Exception as error:  # noqa: BLE001 - only ConfigErrors are rewritten
+    except Exception as error:  # noqa: BLE001 - only ConfigErrors and libraries' value errors are rewritten
         found = find_error(error, ConfigError)
-        if found is None:
-            raise
-        raise found.scoped(prefix) from None
+        if found is not None:
+            raise found.scoped(prefix) from None
+        cause = error.__cause__
+        rejected_value = isinstance(cause, (ValueError, TypeError)) or type(cause).__name__ == "MisconfigurationException"
+        if type(error).__name__ == "InstantiationException" and rejected_value and not raised_in_nsl_lab(cause):
+            name = prefix.rstrip(".")
+            raise ConfigError(f"{name}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}",
+                              name) from None
+        raise
+
+
+def raised_in_nsl_lab(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is in nsl_lab's own source."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and f"{os.sep}nsl_lab{os.sep}" in frame.tb_frame.f_code.co_filename
 
 
 def find_error(error: BaseException | None, kind: type[BaseException] = NslLabError) -> Any:

@@ -79,7 +79,7 @@ def quiet_lightning() -> None:
 
 
 #: yes/no settings outside the instantiated objects (a string such as 'off' would count as true)
-RUN_FLAGS = ("checkpoint.save_model", "checkpoint.keep", "learner.restore_best", "eval.sanity_checks")
+RUN_FLAGS = ("checkpoint.save_model", "checkpoint.keep", "eval.sanity_checks")
 
 
 def check_run_settings(cfg: DictConfig) -> None:
@@ -135,6 +135,8 @@ def check_learner(cfg: DictConfig, learner_type: type[StructuredLearner], regula
         if name != "_target_" and name not in allowed and not takes_any:
             raise ConfigError(f"learner.{name} is not a setting of {learner_type.__name__}; allowed: "
                               f"{', '.join(allowed) or 'none'}", f"learner.{name}")
+    if (cfg.get("learner") or {}).get("restore_best") is not None:  # a string such as 'off' would count as true
+        check_flag("learner.restore_best", cfg.learner.restore_best)
     learner_type.check_regularizers(regularizers)
     if learner_type.validates:
         return
@@ -186,6 +188,12 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
     ckpt_path = resume_path(cfg, output_dir)
     clock = JobClock(started_at, cpu_started_at)
     callbacks = build_callbacks(cfg, output_dir, clock)
+    with config_scope("optimizer."):
+        optimizer = instantiate(cfg.optimizer)
+    try:  # built once on a stand-in parameter: a value torch rejects stops now, not at fit
+        optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"optimizer: {str(error).splitlines()[0]}", "optimizer") from None
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     with config_scope("data."):
@@ -195,15 +203,10 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         backbone = instantiate(cfg.backbone, in_features=datamodule.num_features, num_classes=datamodule.num_classes)
     if cfg.get("init_from"):
         initialise_from(backbone, cfg.init_from)
-    with config_scope("optimizer."):
-        optimizer = instantiate(cfg.optimizer)
     with config_scope("learner."):
         settings = {k: v for k, v in (cfg.get("learner") or {}).items() if k != "_target_"}
         learner = learner_type(backbone, regularizers, num_classes=datamodule.num_classes, optimizer=optimizer,
                                **settings)
-    # Written once the data, model and learner are built from every setting: a bad value rerun
-    # in a finished run's directory leaves that run's config beside its weights.
-    write_text(output_dir / RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     try:
         if logger:
@@ -217,6 +220,9 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         with config_scope("trainer."):
             trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                               enable_progress_bar=progress, **no_validation)
+        # Written once everything is built from the settings: a bad value rerun in a finished
+        # run's directory leaves that run's config beside its weights and metrics.
+        write_text(output_dir / RESOLVED_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
         # `deterministic` also makes torch fill every new tensor with NaN, a debugging aid that
         # costs a memory pass per allocation (~1.5 ms of a 30 ms Cora step) and changes no result.
         torch.utils.deterministic.fill_uninitialized_memory = False

@@ -27,7 +27,7 @@ def locate(path: str | Path, setting: str = "run") -> tuple[Path, Path]:
         raise ConfigError(f"{setting}={str(path)!r}: no {RESOLVED_CONFIG_FILE} in it or the two folders above; "
                           "give the directory of a finished nsl-train run", setting)
     if not weights.is_file():
-        kept = sorted(str(p) for p in path.glob("checkpoints/*/last.ckpt")) if path.is_dir() else []
+        kept = sorted(str(p) for p in folder.glob("checkpoints/*/last.ckpt"))
         instead = (f"give its checkpoint instead: {kept[0]}" if kept else "the run kept no weights: train it again "
                    "with checkpoint.save_model=true (or checkpoint.keep=true to keep its last.ckpt)")
         raise ConfigError(f"{setting}={str(path)!r} holds no {MODEL_FILE}; {instead}", setting)

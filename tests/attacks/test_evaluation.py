@@ -176,14 +176,19 @@ def test_nsl_eval_on_the_validation_split(digits_run, tmp_path):
     (["{run}", "eval.epz=[0.1]"], "eval.epz is not a setting of the saved config"),
     (["{run}/weightless"], "holds no model.pt; the run kept no weights: train it again with "
                            "checkpoint.save_model=true"),
+    (["{run}/kept"], "holds no model.pt; give its checkpoint instead: {run}/kept/checkpoints/0a1b/last.ckpt"),
+    (["{run}/kept/checkpoints/0a1b"], "give its checkpoint instead: {run}/kept/checkpoints/0a1b/last.ckpt"),
 ])
 def test_nsl_eval_bad_input_fails_in_one_line(digits_run, capsys, args, message):
     run_dir, _ = digits_run
     (run_dir / "corrupt.pt").write_bytes(b"not a checkpoint")
     (run_dir / "weightless").mkdir(exist_ok=True)  # a run saved with checkpoint.save_model=false
     (run_dir / "weightless" / "config_resolved.yaml").write_text((run_dir / "config_resolved.yaml").read_text())
+    (run_dir / "kept" / "checkpoints" / "0a1b").mkdir(parents=True, exist_ok=True)  # checkpoint.keep=true
+    (run_dir / "kept" / "config_resolved.yaml").write_text((run_dir / "config_resolved.yaml").read_text())
+    (run_dir / "kept" / "checkpoints" / "0a1b" / "last.ckpt").write_bytes(b"")
     with pytest.raises(SystemExit) as exit_info:
         main([a.format(run=run_dir) for a in args])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1
-    assert err[0].startswith("nsl_lab: error:") and message in err[0]
+    assert err[0].startswith("nsl_lab: error:") and message.format(run=run_dir) in err[0]

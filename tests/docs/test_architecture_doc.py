@@ -77,10 +77,9 @@ def expand(item: str) -> list[str]:
     return [f"{head}{option}{tail}" for option in options.split(",")]
 
 
-def documented_graph() -> tuple[dict[str, tuple[int, list[str]]], list[str]]:
-    """{module: (layer index, documented imports)} from the code block under "The import graph",
-    and the layers' names bottom to top."""
-    text = DOC.read_text()
+def documented_graph(text: str) -> tuple[dict[str, tuple[int, list[str]]], list[str]]:
+    """{module: (layer index, documented imports)} from the code block under "The import graph"
+    of ``text``, and the layers' names bottom to top."""
     block = text.split("## The import graph, by layer", 1)[1].split("```", 2)[1]
     lines: list[str] = []
     for line in block.strip("\n").splitlines():
@@ -107,11 +106,19 @@ def documented_graph() -> tuple[dict[str, tuple[int, list[str]]], list[str]]:
     return graph, layers
 
 
-GRAPH, LAYERS = documented_graph()
+GRAPH, LAYERS = documented_graph(DOC.read_text())
 
 
 def covers(documented: str, module: str) -> bool:
     return fnmatch.fnmatchcase(module, documented)
+
+
+def differences(name: str, graph: dict[str, tuple[int, list[str]]]) -> tuple[list[str], list[str]]:
+    """(imported but not documented, documented but not imported) for module ``name``."""
+    real, documented = imported_modules(name), graph[name][1]
+    undocumented = sorted(m for m in real if not any(covers(d, m) for d in documented))
+    stale = sorted(d for d in documented if not any(covers(d, m) for m in real))
+    return undocumented, stale
 
 
 def test_every_module_is_documented_once_and_nothing_else() -> None:
@@ -121,11 +128,7 @@ def test_every_module_is_documented_once_and_nothing_else() -> None:
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_documented_imports_are_the_real_ones(name: str) -> None:
-    real = imported_modules(name)
-    documented = GRAPH[name][1]
-    undocumented = sorted(m for m in real if not any(covers(d, m) for d in documented))
-    stale = sorted(d for d in documented if not any(covers(d, m) for m in real))
-    assert (undocumented, stale) == ([], []), f"{name}: (imported but not documented, documented but not imported)"
+    assert differences(name, GRAPH) == ([], []), f"{name}: (imported but not documented, documented but not imported)"
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -136,7 +139,14 @@ def test_imports_point_down_the_layers(name: str) -> None:
 
 
 def test_the_checker_sees_a_wrong_entry() -> None:
-    """The parser is not vacuous: a documented import that is not real is caught."""
-    assert GRAPH["attacks.apgd"][1] and imported_modules("attacks.apgd") == {
-        "attacks.steepest_ascent", "errors", "modules.backbone"}
+    """Not vacuous: a doc whose line drops a real import and adds a false one, or that leaves a
+    module out, is caught."""
+    text = DOC.read_text()
+    line = "attacks.apgd -> attacks.steepest_ascent, errors, modules.backbone"
+    assert line in text and imported_modules("attacks.apgd") == {"attacks.steepest_ascent", "errors",
+                                                                 "modules.backbone"}
+    wrong, _ = documented_graph(text.replace(line, "attacks.apgd -> attacks.steepest_ascent, losses, modules.backbone"))
+    assert differences("attacks.apgd", wrong) == (["errors"], ["losses"])
+    missing, _ = documented_graph(text.replace("\n" + " " * 13 + line, ""))
+    assert "attacks.apgd" not in missing and "attacks.apgd" in GRAPH
     assert not covers("graphs.*", "graph") and covers("graphs.*", "graphs.store")

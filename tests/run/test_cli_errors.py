@@ -2,16 +2,19 @@
 and loses nothing already written."""
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 
 from conftest import run_train
 from nsl_lab.datamodules import PlanetoidDataModule
-from nsl_lab.errors import ConfigError
+from nsl_lab.errors import ConfigError, config_scope
 
 QUICK = ["trainer.max_epochs=2", "logger=none", "data.label_frac=0.05"]
 
@@ -76,6 +79,8 @@ SETTINGS_CASES = [
     (["eval.eps=[0.1]", "eval.norm=l1"], "eval.norm='l1' is allowed only with attack 'fgsm'; attack 'pgd' takes"),
     (["eval.eps=[0.1]", "eval.clip_min=1", "eval.clip_max=0"], "eval.clip_min=1 must be <= clip_max=0"),
     (["backbone.hidden_sizes=abc"], "backbone.hidden_sizes='abc' is not allowed; it must be a list of integers >= 1"),
+    (["+optimizer.betas=[2,3]"], "optimizer: Invalid beta parameter at index 0: 2"),  # torch's own check, up front
+    (["+trainer.precision=bogus"], "trainer: Precision 'bogus' is invalid. Allowed precision values:"),  # Lightning's
 ]
 
 
@@ -182,3 +187,23 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path, data_root):
     again = PlanetoidDataModule("Cora", data_dir=str(data_root), cache_dir=str(cache))
     again.setup()
     assert again.num_nodes == 2708 and torch.load(entry, weights_only=True)["x"].shape[0] == 2708
+
+
+def instantiation_error(function) -> None:
+    """What Hydra's ``instantiate`` raises when a constructor fails."""
+    try:
+        function()
+    except (ValueError, TypeError) as error:
+        raise InstantiationException("Error in call to target") from error
+
+
+def test_config_scope_names_a_library_rejection_but_keeps_nsl_lab_bugs():
+    with pytest.raises(ConfigError, match=r"^trainer: unsupported type for timedelta days component: str$"):
+        with config_scope("trainer."):
+            instantiation_error(lambda: datetime.timedelta(days="x"))
+    namespace: dict = {}  # a function whose code sits in nsl_lab's own source: its error is a bug, not a setting
+    exec(compile("def broken():\n    raise ValueError('bug')\n", os.path.join("src", "nsl_lab", "fake.py"), "exec"),
+         namespace)
+    with pytest.raises(InstantiationException):
+        with config_scope("backbone."):
+            instantiation_error(namespace["broken"])
