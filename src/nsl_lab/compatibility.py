@@ -58,7 +58,10 @@ def check_compatibility(cfg: DictConfig, regularizers: Mapping[str, Any]) -> Non
     settings = OmegaConf.to_container(cfg.data, resolve=True)
     provided = data_class.provides(settings)
     for name, regularizer in regularizers.items():
-        for requirement in sorted(regularizer.requirements - provided):
+        missing = regularizer.requirements - provided
+        if "neighbors" in missing and "graph" not in provided:  # no graph at all: that is what to fix first
+            missing = (missing - {"neighbors"}) | {"graph"}
+        for requirement in sorted(missing):
             needs, fix = REQUIREMENTS[requirement]
             raise ConfigError(f"regularizer.{name} ({type(regularizer).__name__}) needs {needs}, which {data} "
                               f"does not give with these settings; {fix}{hint}", f"regularizer.{name}")

@@ -1,4 +1,6 @@
 """Bring-your-own-data datamodule: splits, graphs and every bad-input error."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -6,10 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_train
+from nsl_lab.compatibility import check_compatibility
+from nsl_lab.compose import compose_config
 from nsl_lab.datamodules import CustomDataModule
 from nsl_lab.datamodules.samples import LabeledTopUpSampler
 from nsl_lab.errors import ConfigError
 from nsl_lab.graphs.build import similarity_graph, write_tsv
+from nsl_lab.run import build_regularizers
 
 
 @pytest.fixture()
@@ -72,6 +77,12 @@ def test_csv_inputs_with_header_and_empty_labels(files):
         (lambda f: np.save(f / "y.npy", np.full(60, 0.5)), "data.labels holds 0.5; labels must be class ids"),
         (lambda f: (f / "ids.txt").write_text("a\nb\n"), "data.node_ids has 2 ids but data.features has 60 rows"),
         (lambda f: (f / "x.npy").unlink(), "data.features: file"),
+        (lambda f: np.save(f / "x.npy", np.zeros((60, 5, 2))), r"data.features has shape \[60, 5, 2\]; allowed: \[rows"),
+        (lambda f: np.save(f / "x.npy", np.array(["a"] * 60)), r"x.npy holds <U1 values; allowed: numbers"),
+        (lambda f: np.save(f / "y.npy", np.zeros((60, 2))), r"data.labels has shape \[60, 2\]; allowed: one class id"),
+        (lambda f: np.save(f / "y.npy", np.r_[np.arange(59) % 3, 1e8]),
+         r"data.labels holds class ids up to 100000000 \(row 59\) but 4 distinct ones: class 3 has no row"),
+        (lambda f: np.save(f / "y.npy", np.r_[np.arange(59) % 3, -2]), r"data.labels holds -2.0; labels must be class ids"),
     ],
 )
 def test_bad_inputs_fail_with_a_clear_error(files, change, message):
@@ -95,7 +106,7 @@ def test_custom_data_through_train_script(files, tmp_path, cache_dir):
     completed, metrics = run_train([*args[:-2], "data.labels=" + str(files / "x.npy"), "trainer.max_epochs=1"],
                                    tmp_path / "bad", cache_dir, check=False, in_process=True)
     assert completed.returncode == 2 and metrics is None
-    assert "nsl_lab: error: data.labels has 300 rows but data.features has 60" in completed.stderr
+    assert "nsl_lab: error: data.labels has shape [60, 5]; allowed: one class id per row ([rows])" in completed.stderr
 
 
 def test_labeled_top_up_sampler_by_hand():
@@ -140,3 +151,19 @@ def test_labeled_per_batch_errors(files):
         make(files, labeled_per_batch=-1, include_unlabeled=True)
     with pytest.raises(ConfigError, match="needs labeled training rows; there are none"):
         LabeledTopUpSampler(5, torch.zeros(0, dtype=torch.long), 2, 1, torch.Generator())
+
+
+@pytest.mark.parametrize("graph, message", [
+    ("none", "needs a sample graph, which data (CustomDataModule) does not give with these settings; set data.graph "
+             "(e.g. data.graph.kind=knn)"),  # not "set data.neighbors": there is no graph to take neighbours from
+    ("knn", None),
+])
+def test_a_graph_loss_without_a_graph_names_the_graph(files, tmp_path, graph, message):
+    cfg = compose_config(["data=custom", f"data.features={files / 'x.npy'}", f"data.labels={files / 'y.npy'}",
+                          f"data.graph.kind={graph}", "regularizer=graph_nsl"], tmp_path)
+    regularizers = build_regularizers(cfg.regularizer)
+    if message is None:
+        check_compatibility(cfg, regularizers)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_compatibility(cfg, regularizers)

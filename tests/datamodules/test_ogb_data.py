@@ -69,6 +69,43 @@ def test_ogb_missing_or_bad_files_fail_in_one_line(ogb_root, tmp_path):
     with pytest.raises(ConfigError, match="is not an OGB node-property dataset"):
         OGBDataModule(name="cora", **settings)
     write_gz(data_dir / "ogb" / "ogbn_tiny" / "raw" / "edge.csv.gz", ["0,1", "2,x"])
-    with pytest.raises(ConfigError, match="edge.csv.gz has a line that is not 2 comma-separated numbers"):
+    with pytest.raises(ConfigError, match=r"edge.csv.gz line 2 is not 2 comma-separated numbers: '2,x'$"):
         OGBDataModule(name="ogbn-tiny", **settings).setup()
     assert not [p for p in (tmp_path / "cache" / "ogb").iterdir()]  # nothing half-converted is left
+
+
+def test_ogb_training_split_is_kept(ogb_root, tmp_path):
+    """A labeled node in none of OGB's splits is not trained on: only train.csv.gz's nodes are."""
+    data_dir, _, _, order = ogb_root
+    write_gz(data_dir / "ogb" / "ogbn_tiny" / "split" / "time" / "train.csv.gz", [str(v) for v in order[:10]])
+    data = OGBDataModule(data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"), name="ogbn-tiny")
+    data.setup()
+    assert torch.equal(data.labeled_index, torch.from_numpy(np.sort(order[:10]))) and data.n_labeled == 10
+
+
+RAW = "raw"  # the files below are under <data_dir>/ogb/ogbn_tiny
+
+
+@pytest.mark.parametrize("file, lines, message", [
+    ("split/time/test.csv.gz", "valid", r"the dataset's validation and test rows overlap \(12 rows, e.g. row \d+\); "
+                                        "the splits must be disjoint"),
+    (f"{RAW}/node-label.csv.gz", [str(v % 3) for v in range(NUM_NODES - 1)] + ["9"],
+     r"holds class ids up to 9 \(row 59\) but 4 distinct ones: class 3 has no row; allowed: ids 0..C-1"),
+    (f"{RAW}/node-label.csv.gz", ["-4"] + [str(v % 3) for v in range(1, NUM_NODES)],
+     r"node-label.csv.gz row 0 holds -4; allowed: class ids 0, 1, ... or -1 for unlabeled"),
+    (f"{RAW}/node-feat.csv.gz", ["0,0,0,0"] * 4 + ["0,nan,0,0"] + ["0,0,0,0"] * (NUM_NODES - 5),
+     r"node-feat.csv.gz line 5 holds NaN or inf; features must be finite"),
+    (f"{RAW}/node-feat.csv.gz", [], r"node-feat.csv.gz is empty"),
+    (f"{RAW}/edge.csv.gz", None, r"edge.csv.gz cannot be read as a gzipped CSV file \(BadGzipFile"),
+])
+def test_ogb_bad_contents_fail_in_one_line(ogb_root, tmp_path, file, lines, message):
+    data_dir, *_ = ogb_root
+    path = data_dir / "ogb" / "ogbn_tiny" / file
+    if lines is None:
+        path.write_bytes(b"0,1\n")  # plain text where gzip is expected
+    elif lines == "valid":
+        path.write_bytes((path.parent / "valid.csv.gz").read_bytes())
+    else:
+        write_gz(path, lines)
+    with pytest.raises(ConfigError, match=message):
+        OGBDataModule(data_dir=str(data_dir), cache_dir=str(tmp_path / "cache"), name="ogbn-tiny").setup()

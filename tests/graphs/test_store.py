@@ -130,6 +130,9 @@ def test_synthetic_datamodule_generates_once_and_batches_sampled_neighbours(tmp_
     ({"homophily": 1.5}, "data.homophily=1.5 is out of range"),
     ({"dtype": "float64"}, "data.dtype='float64' is not supported; allowed: 'float32', 'float16'"),
     ({"num_nodes": 1}, "data.num_nodes=1"),
+    ({"num_nodes": 20, "avg_degree": 100.0}, r"data.avg_degree=100.0 is out of range; allowed: 0.0 <= data.avg_degree "
+                                             r"<= 9.5"),  # pairs drawn with replacement: at most half the others
+    ({"avg_degree": float("inf")}, "data.avg_degree=inf is out of range"),
     ({"graph": "knn"}, "data.graph.kind='knn' is not supported; allowed: 'natural', 'none'"),
 ])
 def test_synthetic_settings_fail_in_one_line_before_generating(tmp_path, settings, message):
@@ -150,7 +153,7 @@ def test_batches_are_pinned_only_for_a_gpu_trainer(tmp_path):
 
 
 def test_too_few_nodes_for_the_classes_fail_in_one_line_and_leave_nothing(tmp_path):
-    data = SyntheticGraphDataModule(num_nodes=3, num_classes=10, cache_dir=str(tmp_path))
+    data = SyntheticGraphDataModule(num_nodes=3, num_classes=10, avg_degree=1.0, cache_dir=str(tmp_path))
     with pytest.raises(ConfigError, match=r"data.num_nodes=3 left class \d without a node"):
         data.setup()
     assert not list((tmp_path / "synthetic").iterdir())  # the partial folder is gone

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nsl_lab.datamodules.samples import SampleDataModule, Samples
+from nsl_lab.datamodules.samples import SampleDataModule, Samples, check_class_ids
 from nsl_lab.errors import ConfigError
 from nsl_lab.files import file_digest
 from nsl_lab.graphs.build import dense_embeddings, read_tsv
@@ -23,7 +23,13 @@ def read_table(path: str | Path, name: str) -> np.ndarray:
     if not path.is_file():
         raise ConfigError(f"data.{name}: file {path} does not exist")
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            table = np.load(path, allow_pickle=False)
+        except ValueError as error:  # pickled objects, a damaged header: one line, never unpickled
+            raise ConfigError(f"data.{name}: {path} is not a .npy array of numbers ({error})".splitlines()[0]) from None
+        if not (np.issubdtype(table.dtype, np.number) or table.dtype == bool):
+            raise ConfigError(f"data.{name}: {path} holds {table.dtype} values; allowed: numbers")
+        return table
     lines = path.read_text().split("\n")
     if lines and not lines[-1].strip():
         lines = lines[:-1]  # the final newline
@@ -71,7 +77,13 @@ class CustomDataModule(SampleDataModule):
         x = read_table(self.features_path, "features").astype(np.float32)
         if x.ndim == 1:
             x = x[:, None]
-        labels = read_table(self.labels_path, "labels").astype(np.float64).reshape(-1)
+        if x.ndim != 2:
+            raise ConfigError(f"data.features has shape {list(x.shape)}; allowed: [rows, features] (or [rows])")
+        labels = read_table(self.labels_path, "labels").astype(np.float64)
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1:
+            raise ConfigError(f"data.labels has shape {list(labels.shape)}; allowed: one class id per row ([rows])")
         if len(labels) != len(x):
             raise ConfigError(
                 f"data.labels has {len(labels)} rows but data.features has {len(x)}; they must match row for row"
@@ -87,6 +99,7 @@ class CustomDataModule(SampleDataModule):
             bad = known[(known < 0) | (known != np.round(known))][0]
             raise ConfigError(f"data.labels holds {float(bad)!r}; labels must be class ids 0, 1, ... or -1/empty for unlabeled")
         y = np.where(missing, -1, labels).astype(np.int64)
+        check_class_ids(y, "data.labels")
         self.num_features = int(x.shape[1])
         return Samples(x=torch.from_numpy(x), y=torch.from_numpy(y))
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nsl_lab.datamodules.samples import Samples, check_class_ids
 from nsl_lab.datamodules.stored_graph import STORED_FILES, StoredGraphDataModule
 from nsl_lab.errors import ConfigError, check_choice, check_flag
 from nsl_lab.files import file_digest
@@ -27,23 +28,44 @@ BLOCK_LINES = 100_000
 def read_blocks(path: Path, dtype: type, columns: int | None = None) -> Iterator[np.ndarray]:
     """The rows of a gzipped comma-separated file, ``BLOCK_LINES`` at a time, as arrays; an
     empty or ``nan`` cell in an integer file (an unlabeled node) becomes -1."""
-    with gzip.open(path, "rt") as handle:
-        number = 0
-        while True:
-            lines = handle.readlines(BLOCK_LINES * 16)  # a size hint in characters
-            if not lines:
-                return
-            if dtype is np.int64:
-                lines = [line if line.strip() and line.strip().lower() != "nan" else "-1\n" for line in lines]
-            try:
-                block = np.loadtxt(io.StringIO("".join(lines)), delimiter=",", dtype=dtype, ndmin=2)
-            except ValueError as error:
-                raise ConfigError(f"{path} has a line that is not {columns or 'some'} comma-separated numbers "
-                                  f"near line {number + 1} ({error})") from None
-            if columns is not None and block.shape[1] != columns:
-                raise ConfigError(f"{path} has rows of {block.shape[1]} values near line {number + 1}; expected {columns}")
-            number += len(block)
-            yield block
+    try:
+        with gzip.open(path, "rt") as handle:
+            yield from _blocks(path, handle, dtype, columns)
+    except (OSError, EOFError, UnicodeDecodeError) as error:  # not gzip, truncated: one line
+        raise ConfigError(f"{path} cannot be read as a gzipped CSV file ({type(error).__name__}: {error})") from None
+
+
+def _blocks(path: Path, handle: io.TextIOBase, dtype: type, columns: int | None) -> Iterator[np.ndarray]:
+    number = 0
+    while True:
+        lines = handle.readlines(BLOCK_LINES * 16)  # a size hint in characters
+        if not lines:
+            return
+        if dtype is np.int64:
+            lines = [line if line.strip() and line.strip().lower() != "nan" else "-1\n" for line in lines]
+        try:
+            block = np.loadtxt(io.StringIO("".join(lines)), delimiter=",", dtype=dtype, ndmin=2)
+        except ValueError:
+            bad = next((i for i, line in enumerate(lines) if not _parses(line, dtype, columns)), 0)
+            raise ConfigError(f"{path} line {number + bad + 1} is not {columns or 'some'} comma-separated numbers: "
+                              f"{lines[bad].strip()[:80]!r}") from None
+        if columns is not None and block.shape[1] != columns:
+            raise ConfigError(f"{path} has rows of {block.shape[1]} values near line {number + 1}; expected {columns}")
+        if dtype is np.float32 and not np.isfinite(block).all():
+            bad = int(np.argwhere(~np.isfinite(block))[0, 0])
+            raise ConfigError(f"{path} line {number + bad + 1} holds NaN or inf; features must be finite")
+        number += len(block)
+        yield block
+
+
+def _parses(line: str, dtype: type, columns: int | None) -> bool:
+    """Whether one line is ``columns`` numbers of ``dtype`` (finds the line ``np.loadtxt`` refused)."""
+    cells = line.strip().split(",")
+    try:
+        [int(cell) if np.issubdtype(dtype, np.integer) else float(cell) for cell in cells]
+    except ValueError:
+        return False
+    return columns is None or len(cells) == columns
 
 
 def node_ids(path: Path, columns: int, num_nodes: int) -> np.ndarray:
@@ -59,9 +81,15 @@ def convert_ogb(raw_folder: Path, split_folder: Path, target: Path, dtype: Store
     """Writes features, labels, CSR graph and split indices into ``target`` from an OGB folder."""
     target.mkdir(parents=True, exist_ok=True)
     features_path = raw_folder / "node-feat.csv.gz"
-    with gzip.open(features_path, "rt") as handle:
-        first = handle.readline()
-        num_nodes = 1 + sum(1 for _ in handle)
+    try:
+        with gzip.open(features_path, "rt") as handle:
+            first = handle.readline()
+            num_nodes = 1 + sum(1 for _ in handle) if first.strip() else 0
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{features_path} cannot be read as a gzipped CSV file ({type(error).__name__}: "
+                          f"{error})") from None
+    if num_nodes == 0:
+        raise ConfigError(f"{features_path} is empty; it must hold one line of features per node")
     dim = len(first.split(","))
     features = write_features(target / "features.npy", num_nodes, dim, dtype)
     row = 0
@@ -150,6 +178,11 @@ class OGBDataModule(StoredGraphDataModule):
                           convert_ogb(raw, split, partial, self.dtype, self.symmetrize, progress=sys.stderr.isatty()))
 
     def split_index(self, folder: Path) -> dict[str, torch.Tensor]:
-        """OGB's own validation and test nodes."""
-        valid, test = (torch.from_numpy(np.load(folder / f"{s}.npy")).long() for s in ("valid", "test"))
-        return {"test_index": test, "val_index": valid}
+        """OGB's own training, validation and test nodes."""
+        train, valid, test = (torch.from_numpy(np.load(folder / f"{s}.npy")).long() for s in SPLITS)
+        return {"train_index": train, "test_index": test, "val_index": valid}
+
+    def load_samples(self) -> Samples:
+        samples = super().load_samples()
+        check_class_ids(samples.y.numpy(), f"{self.name}'s node-label.csv.gz")
+        return samples

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -35,13 +36,45 @@ log = logging.getLogger(__name__)
 @dataclass
 class Samples:
     """Every sample of a dataset: inputs (a tensor or a :class:`~nsl_lab.graphs.store.FeatureStore`),
-    labels (``-1`` = none) and, when the dataset fixes them, the test and validation rows."""
+    labels (``-1`` = none) and, when the dataset fixes them, the test, validation and training
+    rows (a labeled row in none of them is not trained on)."""
 
     x: Any
     y: torch.Tensor
     lengths: torch.Tensor | None = None
     test_index: torch.Tensor | None = None
     val_index: torch.Tensor | None = None
+    train_index: torch.Tensor | None = None
+
+
+def check_class_ids(y: np.ndarray, name: str) -> None:
+    """Labels are -1 (none) or class ids 0..C-1 with every class present: a stray id (a typo,
+    1e8) would otherwise add empty classes to the model, or exhaust memory making them."""
+    if (y < -1).any():
+        row = int(np.argmax(y < -1))
+        raise ConfigError(f"{name} row {row} holds {int(y[row])}; allowed: class ids 0, 1, ... or -1 for unlabeled")
+    ids = np.unique(y[y >= 0])
+    if ids.size and ids[-1] != ids.size - 1:
+        absent = int(np.argmax(ids != np.arange(ids.size)))
+        row = int(np.argmax(y == ids[-1]))
+        raise ConfigError(f"{name} holds class ids up to {int(ids[-1])} (row {row}) but {ids.size} distinct ones: "
+                          f"class {absent} has no row; allowed: ids 0..C-1 with every class present")
+
+
+def check_disjoint(samples: Samples, num_rows: int) -> None:
+    """The dataset's own training, validation and test rows are disjoint (a test row that is
+    also trained or validated on would inflate every figure)."""
+    given = {name: index for name, index in (("train", samples.train_index), ("validation", samples.val_index),
+                                             ("test", samples.test_index)) if index is not None}
+    seen = torch.full((num_rows,), -1, dtype=torch.long)
+    for number, (name, index) in enumerate(given.items()):
+        earlier = seen[index]
+        if (earlier >= 0).any():
+            first = int(index[earlier >= 0][0])
+            other = list(given)[int(earlier[earlier >= 0][0])]
+            raise ConfigError(f"the dataset's {other} and {name} rows overlap ({int((earlier >= 0).sum())} rows, "
+                              f"e.g. row {first}); the splits must be disjoint")
+        seen[index] = number
 
 
 def carve(rows: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,6 +274,11 @@ class SampleDataModule(pl.LightningDataModule):
             is_val = torch.zeros_like(has_label)
             is_val[val] = True
             train_pool = pool[~is_val[pool]]
+        check_disjoint(samples, y.numel())
+        if samples.train_index is not None:
+            in_train = torch.zeros_like(has_label)
+            in_train[samples.train_index] = True
+            train_pool = train_pool[in_train[train_pool]]
         if train_pool.numel() == 0:
             raise ConfigError("no labeled training samples are left after the validation and test splits")
         if self.label_frac is None or self.label_frac == 1.0:

@@ -27,7 +27,8 @@ def check_settings(num_nodes: int, avg_degree: float, num_classes: int, feature_
                    class_separation: float, dtype: str, seed: int) -> None:
     """One line naming the first bad setting of :func:`generate_synthetic_graph`."""
     check_integer("data.num_nodes", num_nodes, 2)
-    check_range("data.avg_degree", avg_degree, 0.0)
+    # Pairs are drawn with replacement: a degree near N - 1 would be mostly repeated pairs.
+    check_range("data.avg_degree", avg_degree, 0.0, (num_nodes - 1) / 2 if isinstance(num_nodes, int) else None)
     check_integer("data.num_classes", num_classes, 2)
     check_integer("data.feature_dim", feature_dim, 1)
     check_range("data.homophily", homophily, 0.0, 1.0)
