@@ -6,10 +6,33 @@ their overrides without ``seed`` and summarised as mean ± std over seeds. A lab
 pretraining job (``learner=representation``) counts once per probe kind, label setting and
 draw (its ``probe/<kind>/<setting>/seed=<s>/...`` metrics), so its probe curves sit beside the
 supervised curves of another sweep given with ``--compare``.
+
+A job whose files cannot be read (``metrics.json`` that is not a JSON object of numbers, a
+corrupt ``failed.json``, ``.hydra/*.yaml`` or ``config_resolved.yaml``) is *unreadable*: it is
+listed with the file and the reason, and every other job is still reported.
+
+Labels of a finished job. Hydra rewrites ``.hydra/`` (overrides, choices, composed config)
+whenever a job starts, so a later attempt in the same folder (a failed rerun) leaves its own
+overrides there; ``config_resolved.yaml`` is written by nsl_lab only once a run got as far as
+training, so beside ``metrics.json`` it is the finished run's own config. The rule: when a job
+has both, its label_frac and the value of every ``key=value`` override naming a setting come
+from ``config_resolved.yaml``; a group choice (``regularizer=graph``, not stored in a resolved
+config) is kept only when the last attempt's ``.hydra/config.yaml`` agrees with
+``config_resolved.yaml`` in that group (apart from the settings that attempt overrode), else it
+reads ``<group>=?`` and the regularizer column names the config's regularizer terms instead
+(``? (terms: graph+graph_unlabeled)``). A finished job is reported as finished even
+when a later attempt left ``failed.json``.
+
+``accuracy_vs_label_frac.png`` is made when a finished job trained on a label fraction
+(``data.label_frac`` set), even a single one (then one point per line);
+``robust_accuracy_vs_epsilon.png`` when jobs logged ``test/robust_acc/<attack>/eps=<e>``.
+Nothing is written when the report fails (no job, no readable job, an unusable output folder),
+and every file is written atomically.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -21,17 +44,19 @@ from typing import Any
 import yaml
 
 from nsl_lab.attacks.evaluation import ROBUST_KEY
+from nsl_lab.errors import ConfigError
+from nsl_lab.files import atomic_write, write_text
 from nsl_lab.loggers import wandb_mode
 
 @dataclass
 class Job:
     path: Path
-    status: str                               # finished, failed or unfinished
+    status: str                               # finished, failed, unfinished or unreadable
     overrides: list[str]
     regularizer: str
     label_frac: float | None
     metrics: dict[str, float] = field(default_factory=dict)
-    error: str = ""
+    error: str = ""                           # failed: its message; unreadable: "<file>: <reason>"
 
     def setting(self, varying: set[str]) -> str:
         """This job's values of the swept keys other than regularizer, label_frac and seed."""
@@ -47,25 +72,174 @@ class Row:
     stats: dict[str, tuple[float, float]]  # metric -> (mean, std)
 
 
-def _yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+class Unreadable(Exception):
+    """A job file that cannot be read: ``file`` (relative to the job) and the reason."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+
+
+def _load(job: Path, file: str) -> Any:
+    """The parsed content of ``job/file`` (JSON or YAML by its suffix), ``None`` when it is missing."""
+    path = job / file
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise Unreadable(file, getattr(error, "strerror", None) or str(error)) from None
+    try:
+        return json.loads(text) if file.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise Unreadable(file, f"not valid JSON ({error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise Unreadable(file, f"not valid YAML ({problem}{where})") from None
+
+
+def _mapping(job: Path, file: str) -> dict:
+    content = _load(job, file)
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise Unreadable(file, f"holds a {type(content).__name__}, not a mapping")
+    return content
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_ABSENT = object()
+
+
+def _at(config: Any, key: str) -> Any:
+    """The value at dotted ``key`` in ``config``, or ``_ABSENT``."""
+    for part in key.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return _ABSENT
+        config = config[part]
+    return config
+
+
+def _agrees(composed: Any, resolved: Any, path: str, skip: set[str]) -> bool:
+    """Whether Hydra's composed (unresolved) config agrees with a resolved one below ``path``,
+    apart from the dotted paths in ``skip``; an interpolation (``${...}``) agrees with anything."""
+    if path in skip:
+        return True
+    if isinstance(composed, str) and "${" in composed:
+        return True
+    if isinstance(composed, dict) and isinstance(resolved, dict):
+        return composed.keys() == resolved.keys() and all(
+            _agrees(composed[k], resolved[k], f"{path}.{k}", skip) for k in composed)
+    if isinstance(composed, list) and isinstance(resolved, list):
+        return len(composed) == len(resolved) and all(
+            _agrees(c, r, path, skip) for c, r in zip(composed, resolved))
+    return composed == resolved
+
+
+def _value(value: Any) -> str:
+    """A config value as a Hydra override writes it."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_value(v) for v in value) + "]"
+    return str(value)
+
+
+OVERRIDE = re.compile(r"^(?P<prefix>~|\+\+|\+)?(?P<key>[^=~+][^=]*?)(?:=(?P<value>.*))?$")
+
+
+def own_labels(overrides: list[str], regularizer: str, resolved: dict, composed: dict | None) -> tuple[list[str], str]:
+    """A finished job's overrides and regularizer as its own ``config_resolved.yaml`` has them
+    (the module docstring's rule): ``overrides`` and ``regularizer`` are Hydra's record, which
+    the last attempt in the folder wrote; ``composed`` that attempt's ``.hydra/config.yaml``."""
+    parsed = [(o, OVERRIDE.match(o)) for o in overrides]
+    overridden = {m["key"] for _, m in parsed if m}
+
+    def same_group(group: str) -> bool:
+        if composed is None:  # nothing to check against: Hydra's record stands
+            return True
+        return _agrees(_at(composed, group), _at(resolved, group), group, overridden - {group})
+
+    labels = []
+    for text, match in parsed:
+        if match is None:
+            labels.append(text)
+            continue
+        key, prefix = match["key"], match["prefix"] or ""
+        own = _at(resolved, key)
+        if prefix == "~":  # a deletion: this run's only if the setting is gone from its config
+            if own is _ABSENT:
+                labels.append(text)
+        elif own is not _ABSENT and not isinstance(own, dict):  # a setting: its value in the config
+            try:
+                written = yaml.safe_load(match["value"] or "")
+            except yaml.YAMLError:
+                written = _ABSENT
+            labels.append(text if written == own else f"{prefix}{key}={_value(own)}")
+        else:  # a group choice (or a key the config lacks)
+            labels.append(text if same_group(key) else f"{prefix}{key}=?")
+    if not same_group("regularizer"):
+        terms = _at(resolved, "regularizer")
+        regularizer = "? (terms: " + ("+".join(terms) if isinstance(terms, dict) and terms else "none") + ")"
+    return labels, regularizer
+
+
+def _read_job(path: Path) -> Job:
+    overrides = _load(path, ".hydra/overrides.yaml") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise Unreadable(".hydra/overrides.yaml", "not a list of overrides (key=value strings)")
+    overrides = [o for o in overrides if not o.startswith("hydra")]
+    hydra = _mapping(path, ".hydra/hydra.yaml")
+    resolved = _mapping(path, "config_resolved.yaml")
+    composed = _mapping(path, ".hydra/config.yaml") if (path / ".hydra" / "config.yaml").is_file() else None
+    config = resolved or composed or {}
+    runtime = _at(hydra, "hydra.runtime.choices")
+    choices = runtime if isinstance(runtime, dict) else {}
+    regularizer = str(choices.get("regularizer") or next(
+        (o.split("=", 1)[1] for o in overrides if o.startswith("regularizer=")), "?"))
+    label_frac = _at(config, "data.label_frac")
+    label_frac = None if label_frac in (None, _ABSENT) else label_frac
+    if label_frac is not None and not _number(label_frac):
+        raise Unreadable("config_resolved.yaml" if resolved else ".hydra/config.yaml",
+                         f"data.label_frac={label_frac!r} is not a number")
+    metrics = _load(path, "metrics.json")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            raise Unreadable("metrics.json", f"holds a JSON {type(metrics).__name__}, not an object of metrics")
+        for key, value in metrics.items():
+            if not _number(value):
+                raise Unreadable("metrics.json", f"{key}={value!r} is not a number")
+        seed = metrics.get("seed", 0)
+        if not math.isfinite(seed) or seed != int(seed):
+            raise Unreadable("metrics.json", f"seed={seed!r} is not an integer")
+        if resolved:  # the finished run's own config names it, not a later attempt's Hydra record
+            overrides, regularizer = own_labels(overrides, regularizer, resolved, composed)
+        return Job(path, "finished", overrides, regularizer, None if label_frac is None else float(label_frac),
+                   metrics)
+    job = Job(path, "unfinished", overrides, regularizer, None if label_frac is None else float(label_frac))
+    failure = _load(path, "failed.json")
+    if failure is not None:
+        if not isinstance(failure, dict):
+            raise Unreadable("failed.json", f"holds a JSON {type(failure).__name__}, not an object")
+        job.status, job.error = "failed", str(failure.get("message") or failure.get("error", ""))
+    return job
 
 
 def read_job(path: Path) -> Job:
-    overrides = [o for o in (_yaml(path / ".hydra" / "overrides.yaml") or []) if not o.startswith("hydra")]
-    hydra = _yaml(path / ".hydra" / "hydra.yaml") or {}
-    config = _yaml(path / "config_resolved.yaml") or _yaml(path / ".hydra" / "config.yaml") or {}
-    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
-    regularizer = str(choices.get("regularizer") or next(
-        (o.split("=", 1)[1] for o in overrides if o.startswith("regularizer=")), "?"))
-    label_frac = (config.get("data") or {}).get("label_frac")
-    job = Job(path, "unfinished", overrides, regularizer, None if label_frac is None else float(label_frac))
-    if (path / "metrics.json").is_file():
-        job.status, job.metrics = "finished", json.loads((path / "metrics.json").read_text())
-    elif (path / "failed.json").is_file():
-        failure = json.loads((path / "failed.json").read_text())
-        job.status, job.error = "failed", failure.get("message") or failure.get("error", "")
-    return job
+    """One job directory; a job with a file that cannot be read comes back ``unreadable``, its
+    error naming the file and the reason."""
+    try:
+        return _read_job(path)
+    except Unreadable as error:
+        try:
+            overrides = [o for o in _load(path, ".hydra/overrides.yaml") or [] if isinstance(o, str)]
+        except (Unreadable, TypeError):
+            overrides = []
+        return Job(path, "unreadable", overrides, "?", None, error=str(error))
 
 
 #: one probe draw's accuracy in a pretraining job's metrics (nsl_lab.probes)
@@ -100,7 +274,7 @@ def collect(sweep_dir: str | Path) -> list[Job]:
 def status_counts(jobs: list[Job]) -> dict[str, int]:
     """Job directories per status (a pretraining job's probe draws count once)."""
     status = {job.path: job.status for job in jobs}
-    return {s: sum(v == s for v in status.values()) for s in ("finished", "failed", "unfinished")}
+    return {s: sum(v == s for v in status.values()) for s in ("finished", "failed", "unfinished", "unreadable")}
 
 
 def metric_keys(jobs: list[Job]) -> list[str]:
@@ -152,14 +326,23 @@ def _frac(value: float | None) -> str:
     return "public" if value is None else f"{value:g}"
 
 
-def write_csv(rows: list[Row], keys: list[str], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["regularizer", "label_frac", "setting", "n_seeds",
-                         *[f"{k} {part}" for k in keys for part in ("mean", "std")]])
-        for r in rows:
-            writer.writerow([r.regularizer, _frac(r.label_frac), r.setting, len(r.seeds),
-                             *[f"{v:.6g}" for k in keys for v in r.stats[k]]])
+def csv_text(rows: list[Row], keys: list[str]) -> str:
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(["regularizer", "label_frac", "setting", "n_seeds",
+                     *[f"{k} {part}" for k in keys for part in ("mean", "std")]])
+    for r in rows:
+        writer.writerow([r.regularizer, _frac(r.label_frac), r.setting, len(r.seeds),
+                         *[f"{v:.6g}" for k in keys for v in r.stats[k]]])
+    return handle.getvalue()
+
+
+def job_name(path: Path, sweep_dir: Path) -> str:
+    """A job as the report names it: relative to the reported sweep when inside it, else its
+    path as found (a compared sweep's job, or the reported run dir itself)."""
+    if path != sweep_dir and path.is_relative_to(sweep_dir):
+        return str(path.relative_to(sweep_dir))
+    return str(path)
 
 
 def markdown(rows: list[Row], keys: list[str], jobs: list[Job], sweep_dir: Path, plots: list[str]) -> str:
@@ -180,10 +363,11 @@ def markdown(rows: list[Row], keys: list[str], jobs: list[Job], sweep_dir: Path,
                       f"mean {statistics.fmean(startup):.2f} s, max {max(startup):.2f} s over {len(startup)} jobs."]
     problems = [j for j in jobs if j.status != "finished"]
     if problems:
-        lines += ["", "## Failed or unfinished jobs", "", "| job | status | overrides | error |", "|---|---|---|---|"]
+        lines += ["", "## Failed, unfinished or unreadable jobs", "", "| job | status | overrides | error |",
+                  "|---|---|---|---|"]
         for j in problems:
             error = j.error.replace("|", "\\|").replace("\n", " ")[:300]
-            lines.append(f"| {j.path.relative_to(sweep_dir)} | {j.status} | {' '.join(j.overrides)} | {error} |")
+            lines.append(f"| {job_name(j.path, sweep_dir)} | {j.status} | {' '.join(j.overrides)} | {error} |")
     lines += ["", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
 
@@ -206,8 +390,10 @@ def _errorbar_plot(path: Path, series: list[tuple[str, list[float], list[float],
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    try:
+        atomic_write(path, lambda partial: figure.savefig(partial, dpi=120, format="png"))
+    finally:
+        plt.close(figure)
 
 
 def plot_label_frac(rows: list[Row], path: Path) -> bool:
@@ -246,23 +432,53 @@ def plot_epsilon(rows: list[Row], keys: list[str], path: Path) -> bool:
     return True
 
 
-def report(sweep_dir: str | Path, out_dir: str | Path | None = None, compare: list[str | Path] = ()) -> dict[str, Any]:
+def output_dir(out_dir: Path, setting: str = "out_dir") -> Path:
+    """``out_dir``, created when missing; a :class:`ConfigError` naming ``setting`` when it
+    is a file or cannot be created."""
+    allowed = "allowed: a folder that exists or can be created"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{setting}={str(out_dir)!r} is a file, not a folder; {allowed}", setting)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(f"{setting}={str(out_dir)!r} cannot be created ({reason}); {allowed}", setting) from None
+    return out_dir
+
+
+def report(sweep_dir: str | Path, out_dir: str | Path | None = None, compare: list[str | Path] = (), *,
+           out_setting: str = "out_dir") -> dict[str, Any]:
     """Writes ``report.csv``, ``report.md`` and the plots into ``out_dir`` (default
     ``<sweep_dir>/report``), with the jobs of the ``compare`` sweeps beside this one's (e.g.
-    the supervised label-fraction study beside a pretraining sweep's probes); returns the jobs,
-    rows and file paths."""
+    the supervised label-fraction study beside a pretraining sweep's probes); returns the jobs
+    (unreadable ones included), rows and file paths.
+
+    Raises :class:`ConfigError` (``out_setting`` names the output folder in its message), and
+    writes nothing, when there is no job, no readable job, or the output folder is unusable.
+    """
     sweep_dir = Path(sweep_dir)
-    out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [job for folder in (sweep_dir, *compare) for job in collect(folder)]
+    folders = [sweep_dir, *map(Path, compare)]
+    jobs = [job for folder in folders for job in collect(folder)]
+    where = ", ".join(str(f) for f in folders)
+    if not jobs:
+        raise ConfigError(f"no Hydra jobs (*/.hydra/overrides.yaml) under {where}; "
+                          "allowed: a Hydra multirun or run directory", "sweep_dir")
+    unreadable = [j for j in jobs if j.status == "unreadable"]
+    if len(unreadable) == len(jobs):
+        more = f" (and {len(jobs) - 1} more)" if len(jobs) > 1 else ""
+        raise ConfigError(f"no readable job under {where}: {jobs[0].path}/{jobs[0].error}{more}", "sweep_dir")
     rows, keys = summarise(jobs), metric_keys(jobs)
-    plots = []
-    if plot_label_frac(rows, out_dir / "accuracy_vs_label_frac.png"):
-        plots.append("accuracy_vs_label_frac.png")
-    if plot_epsilon(rows, keys, out_dir / "robust_accuracy_vs_epsilon.png"):
-        plots.append("robust_accuracy_vs_epsilon.png")
-    write_csv(rows, keys, out_dir / "report.csv")
-    (out_dir / "report.md").write_text(markdown(rows, keys, jobs, sweep_dir, plots))
+    out_dir = output_dir(Path(out_dir) if out_dir else sweep_dir / "report", out_setting)
+    try:
+        plots = [name for name, plot in (("accuracy_vs_label_frac.png", lambda path: plot_label_frac(rows, path)),
+                                         ("robust_accuracy_vs_epsilon.png", lambda path: plot_epsilon(rows, keys, path)))
+                 if plot(out_dir / name)]
+        atomic_write(out_dir / "report.csv", lambda partial: partial.write_text(csv_text(rows, keys), newline=""))
+        write_text(out_dir / "report.md", markdown(rows, keys, jobs, sweep_dir, plots))
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(f"{out_setting}={str(out_dir)!r} cannot be written ({reason}); "
+                          "allowed: a writable folder", out_setting) from None
     return {"jobs": jobs, "rows": rows, "keys": keys, "out_dir": out_dir,
             "files": [out_dir / "report.csv", out_dir / "report.md", *[out_dir / p for p in plots]]}
 

@@ -2,6 +2,7 @@
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -167,7 +168,9 @@ def test_build_graph_script_writes_tsv_and_pt(tmp_path):
         [sys.executable, str(REPO / "scripts" / "build_graph.py"), str(tmp_path / "emb.npy"), str(tmp_path / "h.tsv"),
          "--k", "0"], capture_output=True, text=True,
     )
-    assert bad.returncode == 2 and "nsl_lab: error: graph.k=0 is not allowed" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr == "nsl_lab: error: --k=0 is not allowed; it must be an integer >= 1\n"
+    # A normal run is quiet: no torch warning about the read-only memory map.
+    assert "Warning" not in completed.stderr and "not writable" not in completed.stderr
 
 
 def test_planetoid_uses_a_knn_graph_built_from_its_features(data_root, cache_dir):
@@ -241,3 +244,204 @@ def test_embeddings_use_one_blas_thread_whatever_the_machine_sets():
     with threadpool_limits(limits=2, user_api="blas"):
         inside = blas_threads()
     assert inside.size and (inside == 1).all()
+
+
+# -- scripts/build_graph.py in this process: one-line errors, exit code 2, nothing lost ------------
+@pytest.fixture(scope="module")
+def build_graph_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_graph_script", REPO / "scripts" / "build_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_build_graph(build_graph_script, capfd, monkeypatch):
+    """Runs the script's ``main`` on ``args``; returns (exit code, stdout, stderr) with faiss's C++
+    output included (capfd). Any exception other than the one-line error fails the test."""
+    def run(*args, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        threads = torch.get_num_threads()
+        capfd.readouterr()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # any warning (torch's read-only array, ...) fails
+                try:
+                    code = build_graph_script.main([str(a) for a in args])
+                except SystemExit as exit_:  # argparse
+                    code = exit_.code
+        finally:
+            torch.set_num_threads(threads)
+        out, err = capfd.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def embeddings(tmp_path):
+    path = tmp_path / "emb.npy"
+    np.save(path, np.random.default_rng(5).standard_normal((12, 3)).astype(np.float32))
+    return path
+
+
+def one_error(run_result, message):
+    code, out, err = run_result
+    assert (code, err) == (2, f"nsl_lab: error: {message}\n"), err
+    assert out == ""
+
+
+def test_script_runs_without_warnings_on_the_memory_mapped_input(run_build_graph, embeddings, tmp_path):
+    code, out, err = run_build_graph(embeddings, tmp_path / "g.tsv", "--k", 3, "--threads", 1)
+    assert code == 0 and err == "" and "12 nodes" in out
+    x = np.load(embeddings)
+    assert as_dict(*read_tsv(tmp_path / "g.tsv", num_nodes=12)).keys() == brute_force(x, 3, None).keys()
+
+
+def test_normalize_rows_copies_blocks_of_a_read_only_memory_map(embeddings):
+    from nsl_lab.graphs.build import normalize_rows
+
+    mapped = np.load(embeddings, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unit = normalize_rows(mapped, block_rows=5)
+    x = np.load(embeddings)
+    assert np.allclose(unit.numpy(), x / np.linalg.norm(x, axis=1, keepdims=True), atol=1e-6)
+    assert not mapped.flags.writeable  # the input itself is untouched
+    nan = np.array(x)
+    nan[7, 1] = np.nan
+    with pytest.raises(ConfigError, match=re.escape("embeddings contain NaN or inf (row 7)")):
+        normalize_rows(nan, block_rows=5)
+
+
+@pytest.mark.parametrize("write, reason", [
+    (lambda p: p.write_text("0\t1\t0.5\n"), "it is not a .npy file"),
+    (lambda p: np.save(p, np.array([[1, "a"]], dtype=object), allow_pickle=True),
+     "it holds Python objects (dtype object); it needs numbers (int, float or bool)"),
+    (lambda p: np.save(p, np.array([["a", "b"], ["c", "d"]])), "it holds <U1 values; it needs numbers (int, float or bool)"),
+    (lambda p: np.save(p, np.ones(5)), "it has shape [5]; it needs a 2-d matrix [N, d]"),
+    (lambda p: p.write_bytes(b""), "it is not a .npy file"),
+])
+def test_script_rejects_embeddings_that_are_not_a_matrix_of_numbers(run_build_graph, tmp_path, write, reason):
+    path = tmp_path / "bad.npy"
+    write(path)
+    one_error(run_build_graph(path, tmp_path / "g.tsv"),
+              f"embeddings file {path} is not a readable .npy matrix of numbers: {reason}")
+    assert not (tmp_path / "g.tsv").exists()
+
+
+def test_script_rejects_nan_rows_and_keeps_the_previous_output(run_build_graph, tmp_path):
+    x = np.ones((4, 2))
+    x[2, 0] = np.inf
+    np.save(tmp_path / "emb.npy", x)
+    (tmp_path / "g.tsv").write_text("previous\n")
+    one_error(run_build_graph(tmp_path / "emb.npy", tmp_path / "g.tsv", "--k", 1, "--pt", tmp_path / "new" / "g.pt"),
+              "embeddings contain NaN or inf (row 2); every value must be finite")
+    assert (tmp_path / "g.tsv").read_text() == "previous\n"
+    assert not (tmp_path / "new").exists()  # the folder made for --pt is removed again
+
+
+def test_script_creates_missing_folders_for_every_output(run_build_graph, embeddings, tmp_path):
+    code, _, err = run_build_graph(embeddings, tmp_path / "a" / "b" / "g.tsv", "--k", 2,
+                                   "--pt", tmp_path / "c" / "g.pt", "--csr", tmp_path / "d" / "csr")
+    assert code == 0 and err == ""
+    assert (tmp_path / "a" / "b" / "g.tsv").is_file() and (tmp_path / "c" / "g.pt").is_file()
+    assert load_csr(tmp_path / "d" / "csr").num_nodes == 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{tmp}"], "output {tmp} is a folder; it must be a file path"),
+    (["{tmp}/emb.npy/g.tsv"], "output {tmp}/emb.npy/g.tsv cannot be written: {tmp}/emb.npy is a file, not a folder"),
+    (["--csr", "{tmp}/file.txt"], "--csr {tmp}/file.txt is a file; it must be a folder (for indptr.npy, indices.npy, weight.npy)"),
+    (["{tmp}/g.tsv", "--pt", "{tmp}"], "--pt {tmp} is a folder; it must be a file path"),
+    (["{tmp}/g.tsv", "--pt", "{tmp}/file.txt/g.pt"],
+     "--pt {tmp}/file.txt/g.pt cannot be written: {tmp}/file.txt is a file, not a folder"),
+    (["/proc/nsl_lab_graph.tsv"], "output /proc/nsl_lab_graph.tsv cannot be written: folder /proc is not writable"),
+    (["/proc/nsl_lab_x/g.tsv"], "output /proc/nsl_lab_x/g.tsv cannot be written: folder /proc/nsl_lab_x cannot be created"),
+    (["{tmp}/g.tsv", "--pt", "/proc/nsl_lab_graph.pt"],
+     "--pt /proc/nsl_lab_graph.pt cannot be written: folder /proc is not writable"),
+    (["{tmp}/g.tsv", "--csr", "/proc/nsl_lab_csr"],
+     "--csr /proc/nsl_lab_csr cannot be written: folder /proc/nsl_lab_csr cannot be created"),
+])
+def test_script_checks_output_paths_before_any_work(run_build_graph, embeddings, tmp_path, args, message):
+    (tmp_path / "file.txt").write_text("keep\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    one_error(run_build_graph(embeddings, *args, "--k", 2), message.format(tmp=tmp_path))
+    assert not (tmp_path / "g.tsv").exists()  # nothing written before the bad --pt / --csr was found
+    assert (tmp_path / "file.txt").read_text() == "keep\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "file.txt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{emb}"], "output {emb} is the embeddings file; writing there would overwrite the input: give another path"),
+    (["--csr", "{emb}"], "--csr {emb} is the embeddings file; writing there would overwrite the input: give another path"),
+    (["{tmp}/g.tsv", "--pt", "{emb}"],
+     "--pt {emb} is the embeddings file; writing there would overwrite the input: give another path"),
+    (["{ids}", "--ids", "{ids}"], "output {ids} is the --ids file; writing there would overwrite the input: give another path"),
+    (["{tmp}/g.tsv", "--pt", "{tmp}/g.tsv"], "--pt {tmp}/g.tsv is the same file as output {tmp}/g.tsv; give each output its own path"),
+    (["{tmp}/sub/../emb.npy"], "output {tmp}/sub/../emb.npy is the embeddings file; writing there would overwrite the input: "
+                               "give another path"),
+])
+def test_script_never_writes_over_its_input_or_another_output(run_build_graph, embeddings, tmp_path, args, message):
+    (tmp_path / "sub").mkdir()
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"n{i}\n" for i in range(12)))
+    before, ids_before = embeddings.read_bytes(), ids.read_text()
+    fill = {"emb": embeddings, "tmp": tmp_path, "ids": ids}
+    one_error(run_build_graph(embeddings, *[a.format(**fill) for a in args], "--k", 2), message.format(**fill))
+    assert embeddings.read_bytes() == before and ids.read_text() == ids_before
+    assert not (tmp_path / "g.tsv").exists()
+
+
+def test_script_refuses_the_same_file_given_twice_on_the_command_line(run_build_graph, embeddings, tmp_path):
+    """``build_graph.py same.npy same.npy`` (relative paths) leaves the input as it was."""
+    before = embeddings.read_bytes()
+    one_error(run_build_graph("emb.npy", "emb.npy", cwd=tmp_path),
+              "output emb.npy is the embeddings file; writing there would overwrite the input: give another path")
+    assert embeddings.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ids", "{tmp}/missing.txt"], "--ids {tmp}/missing.txt does not exist; it must be a text file with one node id per line"),
+    (["--ids", "{tmp}"], "--ids {tmp} is not a file; it must be a text file with one node id per line"),
+    (["--ids", "{tmp}/short.txt"], "--ids has 2 lines but the embeddings have 12 rows"),
+    (["--threads", "-1"], "--threads=-1 is not allowed; it must be an integer >= 1"),
+    (["--threads", "0"], "--threads=0 is not allowed; it must be an integer >= 1"),
+    (["--k", "0"], "--k=0 is not allowed; it must be an integer >= 1"),
+    (["--k", "12"], "--k=12 is not below the number of rows (12); allowed: 1 <= --k <= 11"),
+    (["--k", "500"], "--k=500 is not below the number of rows (12); allowed: 1 <= --k <= 11"),
+    (["--block-size", "0"], "--block-size=0 is not allowed; it must be an integer >= 1"),
+    (["--threshold", "1.5"], "--threshold=1.5 is out of range; allowed: -1.0 <= --threshold <= 1.0"),
+    (["--threshold", "0.5", "--method", "faiss_hnsw"],
+     "--method='faiss_hnsw' searches k neighbours; set --k (threshold alone needs 'exact')"),
+])
+def test_script_errors_name_the_command_line_options(run_build_graph, embeddings, tmp_path, args, message):
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    one_error(run_build_graph(embeddings, tmp_path / "g.tsv", *[a.format(tmp=tmp_path) for a in args]),
+              message.format(tmp=tmp_path))
+    assert not (tmp_path / "g.tsv").exists()
+
+
+@pytest.mark.parametrize("args", [["--k", "1"], ["--k", "30"], ["--threshold", "0.5"]])
+def test_script_needs_two_rows_whatever_k(run_build_graph, tmp_path, args):
+    np.save(tmp_path / "one.npy", np.ones((1, 3), np.float32))
+    one_error(run_build_graph(tmp_path / "one.npy", tmp_path / "g.tsv", *args),
+              f"embeddings file {tmp_path / 'one.npy'} has 1 row; a graph needs at least 2 "
+              "(a node's neighbours are the other rows)")
+
+
+def test_faiss_ivf_on_a_tiny_input_is_quiet_and_exact(run_build_graph, tmp_path):
+    x = (np.random.default_rng(6).random((5, 3)) + 0.1).astype(np.float32)  # positive cosines: read_tsv wants weights >= 0
+    np.save(tmp_path / "five.npy", x)
+    code, out, err = run_build_graph(tmp_path / "five.npy", tmp_path / "g.tsv", "--k", 2, "--method", "faiss_ivf")
+    assert code == 0 and err == "" and "5 nodes" in out  # no "WARNING clustering 5 points to 1 centroids"
+    assert as_dict(*read_tsv(tmp_path / "g.tsv", num_nodes=5)).keys() == brute_force(x, 2, None).keys()
+    edge_index, weight = similarity_graph(x, k=2, method="faiss_ivf")
+    expected = brute_force(x, 2, None)
+    got = as_dict(edge_index, weight)
+    assert got.keys() == expected.keys()
+    assert np.allclose([got[e] for e in expected], list(expected.values()), atol=1e-5)

@@ -1,16 +1,22 @@
 """scripts/report.py on hand-made sweep directories (no training)."""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO
-from nsl_lab.report import collect, report
+from conftest import Completed
+from nsl_lab.errors import ConfigError
+from nsl_lab.report import collect, read_job, report
 
 
 def fake_job(sweep: Path, num: int, overrides: list[str], regularizer: str, label_frac: float | None,
@@ -102,7 +108,9 @@ def test_collect_orders_jobs_numerically(tmp_path):
 def test_report_script_rejects_a_missing_dir(tmp_path):
     completed = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path / "nope")],
                                capture_output=True, text=True)
-    assert completed.returncode == 2 and "is not a directory" in completed.stderr
+    assert completed.returncode == 2 and completed.stderr == (
+        f"nsl_lab: error: sweep_dir={str(tmp_path / 'nope')!r} is not a directory; "
+        "allowed: a Hydra multirun or run directory\n")
 
 
 def test_probe_curves_sit_beside_the_supervised_sweep(tmp_path):
@@ -129,3 +137,179 @@ def test_probe_curves_sit_beside_the_supervised_sweep(tmp_path):
     assert (result["out_dir"] / "accuracy_vs_label_frac.png").stat().st_size > 1000
     text = (result["out_dir"] / "report.md").read_text()
     assert "neighborhood -> logreg probe" in text and "6 of 6 jobs finished" in text  # directories, not probe draws
+
+
+def report_script(*args: object) -> Completed:
+    """``scripts/report.py`` in this process (its ``main``); an uncaught exception comes back as
+    exit code 1 with its traceback on stderr, as a fresh process would show it."""
+    spec = importlib.util.spec_from_file_location("report_script", REPO / "scripts" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main([str(a) for a in args])
+        except Exception:  # noqa: BLE001 - the tests assert there is none
+            traceback.print_exc()
+            code = 1
+    return Completed(code, out.getvalue(), err.getvalue())
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+BAD_FILES = [  # (file, content, the reason the report gives)
+    ("metrics.json", '{"test/acc": 0.5,',
+     "not valid JSON (Expecting property name enclosed in double quotes: line 1 column 18 (char 17))"),
+    ("metrics.json", "[1, 2]", "holds a JSON list, not an object of metrics"),
+    ("metrics.json", '{"test/acc": "n/a"}', "test/acc='n/a' is not a number"),
+    ("failed.json", '{"error": "ValueError", "mess', "not valid JSON (Unterminated string starting at: "
+                                                      "line 1 column 25 (char 24))"),
+    (".hydra/overrides.yaml", "- seed=0\n- 'regularizer=graph\n",
+     "not valid YAML (found unexpected end of stream, line 3)"),
+]
+
+
+@pytest.mark.parametrize("file,content,reason", BAD_FILES, ids=[f"{f}:{c[:12]}" for f, c, _ in BAD_FILES])
+def test_an_unreadable_job_is_listed_and_the_others_reported(tmp_path, file, content, reason):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1, 2):
+        fake_job(sweep, seed, ["regularizer=graph", f"seed={seed}"], "graph", 0.1, {"test/acc": 0.5 + 0.1 * seed,
+                                                                                      "seed": seed})
+    if file == "failed.json":
+        (sweep / "1" / "metrics.json").unlink()
+    (sweep / "1" / file).write_text(content)
+    completed = report_script(sweep)
+    assert completed.returncode == 0 and "Traceback" not in completed.stderr
+    assert completed.stderr == (f"nsl_lab: warning: unreadable job {sweep / '1'}/{file}: {reason}; "
+                                "the other jobs are reported\n")
+    assert "2 finished, 0 failed, 0 unfinished, 1 unreadable; wrote" in completed.stdout
+    md = (sweep / "report" / "report.md").read_text()
+    assert "2 of 3 jobs finished" in md and f"| 1 | unreadable |" in md and f"| {file}: {reason} |" in md
+    assert "| graph | 0.1 |  | 2 | 60.0 ± 14.1 |" in md  # seeds 0 and 2
+
+
+def test_no_readable_job_is_one_error_and_writes_nothing(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        fake_job(sweep, seed, [f"seed={seed}"], "none", 0.1)
+        (sweep / str(seed) / "metrics.json").write_text("[1, 2]")
+    before = files_under(sweep)
+    completed = report_script(sweep)
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert completed.stderr == (f"nsl_lab: error: no readable job under {sweep}: {sweep / '0'}/metrics.json: "
+                                "holds a JSON list, not an object of metrics (and 1 more)\n")
+    assert files_under(sweep) == before
+
+
+def test_compare_with_a_failed_job_names_it_by_its_path(tmp_path):
+    """A single run dir reported beside a sweep with a failed and an unfinished job (used to
+    crash: the compared job is not under the reported dir)."""
+    sweep_a, sweep_f = tmp_path / "sweepA", tmp_path / "sweepF"
+    fake_job(sweep_a, 0, ["seed=0"], "none", 0.1, {"test/acc": 0.5, "seed": 0})
+    fake_job(sweep_a, 1, ["seed=1"], "none", 0.1, failed="out of memory")
+    fake_job(sweep_f, 0, ["regularizer=graph", "seed=0"], "graph", 0.1, failed="CUDA out of memory")
+    fake_job(sweep_f, 1, ["regularizer=graph", "seed=1"], "graph", 0.1)
+    completed = report_script(sweep_a / "0", "--compare", sweep_f)
+    assert completed.returncode == 0 and completed.stderr == ""
+    md = (sweep_a / "0" / "report" / "report.md").read_text()
+    assert f"| {sweep_f / '0'} | failed | regularizer=graph seed=0 | CUDA out of memory |" in md
+    assert f"| {sweep_f / '1'} | unfinished | regularizer=graph seed=1 |  |" in md
+    # Inside the reported sweep a job is named relative to it.
+    assert "| 1 | failed | seed=1 | out of memory |" in report(sweep_a)["out_dir"].joinpath("report.md").read_text()
+
+
+def test_an_unusable_out_is_one_error_naming_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, ["seed=0"], "none", 0.1, {"test/acc": 0.5, "seed": 0})
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    before = files_under(tmp_path)
+    completed = report_script(sweep, "--out", a_file)
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert completed.stderr == (f"nsl_lab: error: --out={str(a_file)!r} is a file, not a folder; "
+                                "allowed: a folder that exists or can be created\n")
+    completed = report_script(sweep, "--out", a_file / "sub")
+    assert completed.returncode == 2 and completed.stderr.startswith(
+        f"nsl_lab: error: --out={str(a_file / 'sub')!r} cannot be created (")
+    assert completed.stderr.endswith("); allowed: a folder that exists or can be created\n")
+    assert files_under(tmp_path) == before and a_file.read_text() == "keep me"
+    with pytest.raises(ConfigError, match=r"^out_dir='.*a_file' is a file"):
+        report(sweep, a_file)
+
+
+def test_a_dir_without_jobs_writes_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    completed = report_script(tmp_path / "empty")
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert completed.stderr == (f"nsl_lab: error: no Hydra jobs (*/.hydra/overrides.yaml) under {tmp_path / 'empty'}; "
+                                "allowed: a Hydra multirun or run directory\n")
+    assert files_under(tmp_path) == ["empty"]
+
+
+@pytest.mark.slow  # a fresh Python process: ~12 s of imports
+def test_report_script_errors_in_a_fresh_process(tmp_path):
+    fake_job(tmp_path / "sweep", 0, ["seed=0"], "none", 0.1)
+    (tmp_path / "sweep" / "0" / "metrics.json").write_text('{"test/acc": 0.5,')
+    completed = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path / "sweep")],
+                               capture_output=True, text=True)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert completed.stderr.startswith("nsl_lab: error: no readable job under ")
+    assert len(completed.stderr.splitlines()) == 1 and not (tmp_path / "sweep" / "report").exists()
+
+
+def test_a_failed_rerun_does_not_relabel_the_finished_run(tmp_path):
+    """Job 0 finished (adversarial_pgd, step 0.05), then a rerun in its folder with other
+    settings failed before training: Hydra rewrote .hydra/, nsl_lab left config_resolved.yaml
+    and metrics.json. The finished run keeps its own labels and counts as finished."""
+    sweep = tmp_path / "sweep"
+    pgd = {"multiplier": 1.0, "adv_step_size": 0.05, "pgd_iterations": 10}
+    for num, step in enumerate((0.05, 0.2)):
+        overrides = ["regularizer=adversarial_pgd", f"regularizer.adversarial.adv_step_size={step}", "seed=0"]
+        fake_job(sweep, num, overrides, "adversarial_pgd", 0.1, {"test/acc": 0.6 + step, "seed": 0})
+        config = {"data": {"label_frac": 0.1, "data_dir": "/data"}, "seed": 0,
+                  "regularizer": {"adversarial": {**pgd, "adv_step_size": step}}}
+        (sweep / str(num) / "config_resolved.yaml").write_text(yaml.safe_dump(config))
+        composed = {**config, "data": {"label_frac": 0.1, "data_dir": "${paths.data_dir}"}}
+        (sweep / str(num) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(composed))
+    rerun = ["regularizer=adversarial", "regularizer.adversarial.adv_step_size=-1", "data.label_frac=0.5", "seed=0"]
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(rerun))
+    (sweep / "0" / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": {"regularizer": "adversarial"}}}}))
+    (sweep / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"label_frac": 0.5}, "seed": 0,
+         "regularizer": {"adversarial": {"multiplier": 0.2, "adv_step_size": -1, "pgd_iterations": 1}}}))
+    (sweep / "0" / "failed.json").write_text(json.dumps({"error": "ConfigError", "message": "adv_step_size=-1"}))
+    job = read_job(sweep / "0")
+    assert job.status == "finished" and job.label_frac == 0.1
+    assert job.overrides == ["regularizer=?", "regularizer.adversarial.adv_step_size=0.05", "data.label_frac=0.1",
+                             "seed=0"]
+    assert job.regularizer == "? (terms: adversarial)"  # the choice is not this run's: the config's terms
+    result = report(sweep)
+    assert [(r.regularizer, r.label_frac, r.setting) for r in result["rows"]] == [
+        ("? (terms: adversarial)", 0.1, "regularizer.adversarial.adv_step_size=0.05"),
+        ("adversarial_pgd", 0.1, "regularizer.adversarial.adv_step_size=0.2")]
+    assert "2 of 2 jobs finished" in (result["out_dir"] / "report.md").read_text()
+    # A rerun with the same choice (the bad value only) keeps the choice's name.
+    rerun = ["regularizer=adversarial_pgd", "regularizer.adversarial.adv_step_size=-1", "seed=0"]
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(rerun))
+    (sweep / "0" / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": {"regularizer": "adversarial_pgd"}}}}))
+    (sweep / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"label_frac": 0.1}, "seed": 0, "regularizer": {"adversarial": {**pgd, "adv_step_size": -1}}}))
+    job = read_job(sweep / "0")
+    assert (job.regularizer, job.overrides) == ("adversarial_pgd", [
+        "regularizer=adversarial_pgd", "regularizer.adversarial.adv_step_size=0.05", "seed=0"])
+    assert len(report(sweep)["rows"]) == 2
+
+
+def test_a_single_label_frac_gives_one_point_per_line(tmp_path):
+    """accuracy_vs_label_frac.png comes with any label fraction, as the docstrings say (a run
+    on the public split has none)."""
+    fake_job(tmp_path / "run", 0, ["seed=0"], "graph", 0.05, {"test/acc": 0.5, "seed": 0})
+    result = report(tmp_path / "run" / "0")
+    assert [p.name for p in result["files"]] == ["report.csv", "report.md", "accuracy_vs_label_frac.png"]
+    assert (result["out_dir"] / "accuracy_vs_label_frac.png").stat().st_size > 1000
+    fake_job(tmp_path / "public", 0, ["seed=0"], "graph", None, {"test/acc": 0.5, "seed": 0})
+    assert [p.name for p in report(tmp_path / "public")["files"]] == ["report.csv", "report.md"]

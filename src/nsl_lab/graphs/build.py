@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
-from nsl_lab.files import save_tensors
+from nsl_lab.files import save_tensors, write_text
 
 Method = Literal["exact", "faiss_hnsw", "faiss_ivf"]
 METHODS = get_args(Method)
@@ -110,14 +110,39 @@ def check_knn_settings(k: int | None, threshold: float | None, method: str) -> N
         raise ConfigError(f"graph.method={method!r} searches k neighbours; set graph.k (threshold alone needs 'exact')")
 
 
-def normalize_rows(embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor) else embeddings)
-    if x.dim() != 2:
-        raise ConfigError(f"embeddings must be a 2-d matrix [N, d], got shape {list(x.shape)}")
-    x = x.to(torch.float32)
-    if not torch.isfinite(x).all():
-        raise ConfigError("embeddings contain NaN or inf")
-    return torch.nn.functional.normalize(x, dim=1)
+def normalize_rows(embeddings: np.ndarray | torch.Tensor, block_rows: int | None = None) -> torch.Tensor:
+    """Rows scaled to unit length, as float32.
+
+    A numpy array (a read-only memory map included) is converted one block of rows at a
+    time: each block is copied to a writable float32 array, so the input is never copied
+    whole and torch never wraps a read-only buffer.
+    """
+    if isinstance(embeddings, torch.Tensor):
+        if embeddings.dim() != 2:
+            raise ConfigError(f"embeddings must be a 2-d matrix [N, d], got shape {list(embeddings.shape)}")
+        x = embeddings.to(torch.float32)
+        _check_finite(x, 0)
+        return torch.nn.functional.normalize(x, dim=1)
+    array = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings)
+    if array.ndim != 2:
+        raise ConfigError(f"embeddings must be a 2-d matrix [N, d], got shape {list(array.shape)}")
+    n, dim = array.shape
+    if block_rows is None:  # ~64 MiB of float32 per block
+        block_rows = max(1, (1 << 24) // max(dim, 1))
+    out = torch.empty((n, dim), dtype=torch.float32)
+    for start in range(0, n, block_rows):
+        stop = min(start + block_rows, n)
+        block = torch.from_numpy(np.array(array[start:stop], dtype=np.float32))  # a writable copy
+        _check_finite(block, start)
+        out[start:stop] = torch.nn.functional.normalize(block, dim=1)
+    return out
+
+
+def _check_finite(x: torch.Tensor, first_row: int) -> None:
+    finite = torch.isfinite(x).all(dim=1) if x.numel() else torch.ones(len(x), dtype=torch.bool)
+    if not bool(finite.all()):
+        row = first_row + int((~finite).nonzero()[0, 0])
+        raise ConfigError(f"embeddings contain NaN or inf (row {row}); every value must be finite")
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -165,6 +190,10 @@ def _faiss_index(data: np.ndarray, kind: str, k: int, hnsw_m: int = 32):
         index.hnsw.efSearch = max(64, 2 * k)
     else:
         lists = max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 training rows per list
+        if lists == 1:  # under 78 rows: one list is a flat search (and faiss warns of too few training rows)
+            index = faiss.IndexFlatIP(dim)
+            index.add(data)
+            return index
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(0).choice(n, min(n, 64 * lists), replace=False)
         index.train(data[np.sort(sample)])
@@ -277,7 +306,7 @@ def write_tsv(path: str | Path, edge_index: torch.Tensor, edge_weight: torch.Ten
         source, target = node_ids[source], node_ids[target]
     weights = np.char.mod("%.7g", edge_weight.numpy().astype(np.float64))
     lines = np.char.add(np.char.add(np.char.add(np.char.add(source.astype(str), "\t"), target.astype(str)), "\t"), weights)
-    Path(path).write_text("\n".join(lines.tolist()) + ("\n" if len(lines) else ""))
+    write_text(path, "\n".join(lines.tolist()) + ("\n" if len(lines) else ""))  # atomic: no half-written file
 
 
 def read_tsv(path: str | Path, num_nodes: int | None = None,
