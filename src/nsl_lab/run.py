@@ -170,8 +170,8 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
     """Fits and tests one model; writes ``config_resolved.yaml``, ``model.pt`` (the tested
     weights) and ``metrics.json``; returns the metrics.
 
-    Bad or incompatible settings stop before anything is written or any data is loaded; the
-    logger is closed whatever happens.
+    Bad or incompatible settings stop before the run's files are written, most of them before
+    any data is loaded; the logger is closed whatever happens.
     """
     output_dir = Path(output_dir)
     quiet_lightning()
