@@ -15,13 +15,14 @@ Writes benchmarks/results/autoattack_vs_torchattacks.{json,md}.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from common import machine, quiet, write
+from common import machine, non_negative_float, positive_int, quiet, run_main, write
 
 TRAIN = ["experiment=digits_cnn", "regularizer=adversarial_pgd", "seed=0", "logger=none",
          "trainer.enable_progress_bar=false", "num_threads=1", "eval.eps=[0.1]"]
@@ -58,10 +59,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run dir (trained here if it has no model.pt)")
-    parser.add_argument("--eps", nargs="*", type=float, default=[0.2], help="Linf radii")
-    parser.add_argument("--l2-eps", nargs="*", type=float, default=[1.0], help="L2 radii")
-    parser.add_argument("--limit", type=int, default=None, help="attack only the first N test images (smoke runs)")
+    parser.add_argument("--eps", nargs="*", type=non_negative_float, default=[0.2], help="Linf radii")
+    parser.add_argument("--l2-eps", nargs="*", type=non_negative_float, default=[1.0], help="L2 radii")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="attack only the first N test images (smoke runs)")
     args = parser.parse_args()
+    if importlib.util.find_spec("torchattacks") is None:
+        parser.exit(2, "nsl_lab: error: this benchmark needs torchattacks (a benchmark-only extra): "
+                       "pip install torchattacks==3.5.1 --no-deps\n")
     quiet()
     torch.set_num_threads(1)
     import torchattacks
@@ -128,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,13 +1,16 @@
 """Shared plumbing for benchmarks: quiet runs, JSON + Markdown output."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -27,6 +30,59 @@ def quiet() -> None:
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "nsl_lab"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("NSL_LAB_DATA", str(HERE.parent.parent / "shared" / "data"))
+
+
+def _number(text: str, kind: type, allowed: str, fits: Callable[[float], bool]) -> float:
+    """``text`` as a ``kind`` (int or float) that ``fits``, else an argparse error naming ``allowed``."""
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or not fits(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; it must be {allowed}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1 (counts, jobs, threads, steps, epochs, repeats)."""
+    return _number(text, int, "an integer >= 1", lambda v: v >= 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 0 (seeds)."""
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse ``type=``: a number >= 0 (attack radii, class separations)."""
+    return _number(text, float, "a number >= 0", lambda v: v >= 0)
+
+
+def label_fraction(text: str) -> str:
+    """argparse ``type=``: a label fraction in (0, 1], kept as typed (results and caches key on it)."""
+    _number(text, float, "a number with 0 < fraction <= 1", lambda v: 0 < v <= 1)
+    return text
+
+
+def positive_float_text(text: str) -> str:
+    """argparse ``type=``: a number > 0 (a learning rate), kept as typed (caches key on it)."""
+    _number(text, float, "a number > 0", lambda v: v > 0)
+    return text
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Runs a benchmark's ``main``: an nsl_lab error found once work began (a ``ConfigError`` naming
+    a setting, raised here or in a worker process) is one ``nsl_lab: error: ...`` line and exit 2."""
+    try:
+        main()
+    except Exception as error:
+        from nsl_lab.errors import NslLabError, find_error
+
+        known = find_error(error, NslLabError)
+        if known is None:
+            raise
+        print(f"nsl_lab: error: {known}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_jobs(function: Callable[[Job], Row], jobs: Sequence[Job], workers: int) -> Iterator[Row]:

@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RunCache, fingerprint, machine, mean_std, quiet, write
+from common import (RunCache, fingerprint, label_fraction, machine, mean_std, non_negative_int, positive_int,
+                    quiet, run_main, write)
 
 CONFIGS = {
     "base FFN (regularizer=none)": ["regularizer=none"],
@@ -34,10 +35,11 @@ def setting_overrides(setting: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["cora", "citeseer"], default="cora")
-    parser.add_argument("--fractions", nargs="*", default=["0.01", "0.02", "0.05", "0.1", "0.2", "1.0"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--fractions", nargs="*", type=label_fraction,
+                        default=["0.01", "0.02", "0.05", "0.1", "0.2", "1.0"])
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2])
     parser.add_argument("--no-public", action="store_true", help="skip the 20-per-class split")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per run")
     args = parser.parse_args()
     quiet()
     from nsl_lab.compose import run_overrides
@@ -105,4 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, machine, quiet, write
+from common import HERE, machine, positive_int, quiet, run_main, write
 
 MAIN_JOB = ["data.label_frac=0.01"]
 FIT_CONFIGS = {"base": ["regularizer=none"], "graph": ["regularizer=graph"], "graph_nsl": ["regularizer=graph_nsl"]}
@@ -37,7 +37,7 @@ def main_job_seconds(scratch: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="runs of each measure (median)")
     args = parser.parse_args()
     quiet()
     from nsl_lab.compose import run_overrides
@@ -85,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from common import RunCache, fingerprint, machine, mean_std, quiet, write
+from common import (RunCache, fingerprint, label_fraction, machine, mean_std, non_negative_int,
+                    positive_float_text, positive_int, quiet, run_main, write)
 
 CONFIGS = {
     "base": ("base CNN", "none"),
@@ -130,12 +131,13 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fractions", nargs="+", default=FRACTIONS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--lrs", nargs="+", default=["0.01", "0.001"], help="learning rates chosen from on validation")
-    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per run")
+    parser.add_argument("--fractions", nargs="+", type=label_fraction, default=FRACTIONS)
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2])
+    parser.add_argument("--lrs", nargs="+", type=positive_float_text, default=["0.01", "0.001"],
+                        help="learning rates chosen from on validation")
+    parser.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps per run")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (one thread each)")
     args = parser.parse_args()
     quiet()
     cache = RunCache(NAME, fingerprint("src", "conf"))
@@ -158,4 +160,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,6 +1,6 @@
 """Graph building speed and memory: 50,000 x 256 embeddings to a top-10 cosine graph.
 
-    python benchmarks/graph_build.py [--n 50000] [--dim 256] [--k 10] [--threads 1 2]
+    python benchmarks/graph_build.py [--n 50000] [--dim 256] [--k 10] [--threads 1 2] [--methods exact faiss_hnsw]
 
 Each build runs in its own subprocess (``--threads`` torch/OpenMP threads), so the peak resident memory
 (``ru_maxrss``) is the builder's own. Targets: exact build <= 60 s, peak memory <= 2 GB.
@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 
-from common import machine, write
+from common import machine, positive_int, run_main, write
 
 CHILD = r"""
 import json, resource, sys, time
@@ -39,13 +39,18 @@ def build(n: int, dim: int, k: int, method: str, threads: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=50000)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU threads of each build")
-    parser.add_argument("--methods", nargs="+", default=["exact", "faiss_hnsw"])
+    from nsl_lab.graphs.build import METHODS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=positive_int, default=50000, help="rows (embeddings)")
+    parser.add_argument("--dim", type=positive_int, default=256, help="embedding dimension")
+    parser.add_argument("--k", type=positive_int, default=10, help="neighbours per row (below --n)")
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2], help="CPU threads of each build")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["exact", "faiss_hnsw"],
+                        help="graph builders (faiss_* need faiss-cpu)")
     args = parser.parse_args()
+    if args.k >= args.n:
+        parser.error(f"argument --k: {args.k} is not allowed; it must be below --n ({args.n})")
     rows = [{"method": method, "threads": threads, **build(args.n, args.dim, args.k, method, threads)}
             for method in args.methods for threads in args.threads]
     payload = {"n": args.n, "dim": args.dim, "k": args.k, "targets": {"seconds": 60, "peak_rss_mb": 2048},
@@ -65,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,11 +15,12 @@ Writes benchmarks/results/graph_homophily.{json,md}.
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
 
-from common import machine, quiet, write
+from common import machine, quiet, run_main, write
 
 
 def edge_homophily(y: torch.Tensor, graph) -> dict:
@@ -43,6 +44,8 @@ def propagation_accuracy(graph, seeds, labels, scored, num_classes) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()
     quiet()
     from nsl_lab.datamodules import IMDBDataModule, PlanetoidDataModule
 
@@ -76,9 +79,8 @@ def main() -> None:
     markdown = "\n".join(["# Edge homophily and label propagation", "",
                           "Reproduce: `python benchmarks/graph_homophily.py`", "", *lines, "",
                           f"Machine: {machine()}", ""])
-    write("graph_homophily", {"graphs": rows, "machine": machine()}, markdown)
-    print(markdown)
+    write("graph_homophily", {"graphs": rows, "machine": machine()}, markdown)  # prints the Markdown too
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -33,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from common import HERE, machine, quiet, write
+from common import HERE, label_fraction, machine, non_negative_int, positive_int, quiet, run_main, write
 
 AT_EMBEDDINGS = ["regularizer.adversarial.adv_grad_norm=l2", "regularizer.adversarial.adv_step_size=5.0",
                  "regularizer.adversarial.multiplier=1.0"]
@@ -119,10 +119,10 @@ def run_one(fraction: str, name: str, seed: int, steps: int, run_dir: str) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fractions", nargs="+", default=FRACTIONS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps per run")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    parser.add_argument("--fractions", nargs="+", type=label_fraction, default=FRACTIONS)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--steps", type=positive_int, default=1200, help="optimizer steps per run")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (one thread each)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=["base", "graph_nsl"],
                         help="the first is the base every other is compared with")
     parser.add_argument("--name", default="imdb_label_frac", help="results file name")
@@ -236,4 +236,4 @@ def report(rows: list[dict], graph: dict | None, args: argparse.Namespace, machi
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

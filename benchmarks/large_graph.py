@@ -40,7 +40,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import RESULTS, machine, write
+from common import RESULTS, machine, non_negative_float, positive_int, run_main, write
 
 from nsl_lab.datamodules.synthetic_graph import feature_bayes_accuracy
 
@@ -151,12 +151,12 @@ def ddp_run(num_nodes: int, scratch: str, epochs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", nargs="+", type=positive_int, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-build", action="store_true", help="skip the faiss IVF graph build")
     parser.add_argument("--search", action="store_true",
                         help="run the validation search behind TUNED_FFN only (results/large_graph_search)")
-    parser.add_argument("--separations", nargs="+", type=float,
+    parser.add_argument("--separations", nargs="+", type=non_negative_float,
                         help="run the class-separation study only (results/large_graph_separation)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite results/large_graph.md from its JSON (and large_graph_separation.json); no runs")
@@ -456,4 +456,4 @@ def report(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, RunCache, fingerprint, machine, mean_std, quiet, write
+from common import RESULTS, RunCache, fingerprint, machine, mean_std, non_negative_int, quiet, run_main, write
 
 FRACTIONS = ["0.01", "0.02", "0.05", "0.1", "0.2", "1.0"]
 SETTINGS = [*FRACTIONS, "public"]
@@ -110,7 +110,7 @@ def supervised_columns(dataset: str) -> dict[str, dict[str, dict[str, float]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", choices=list(TITLES), default=list(TITLES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2])
     parser.add_argument("--timing-only", action="store_true", help="only the side-by-side timing")
     parser.add_argument("--no-timing", action="store_true")
     args = parser.parse_args()
@@ -186,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -24,7 +24,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import RESULTS, RunCache, fingerprint, machine, mean_std, quiet, run_jobs, write
+from common import (RESULTS, RunCache, fingerprint, machine, mean_std, non_negative_float, non_negative_int,
+                    positive_int, quiet, run_jobs, run_main, write)
 
 DIGITS = ["experiment=digits_cnn"]
 CONFIGS = {
@@ -110,11 +111,11 @@ def plot(rows: list[dict], names: list[str], linf: list[float], path: Path) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--eps", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3], help="Linf radii")
-    parser.add_argument("--l2-eps", nargs="*", type=float, default=[1.0], help="L2 radii (none: skip L2)")
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--eps", nargs="+", type=non_negative_float, default=[0.05, 0.1, 0.2, 0.3], help="Linf radii")
+    parser.add_argument("--l2-eps", nargs="*", type=non_negative_float, default=[1.0], help="L2 radii (none: skip L2)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=STUDY)
-    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel processes")
     parser.add_argument("--name", default="robust_eval",
                         help="results (and run cache) file name, so a partial study keeps the full one")
     parser.add_argument("--extra", nargs="*", default=[],
@@ -246,4 +247,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

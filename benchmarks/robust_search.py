@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RunCache, fingerprint, machine, quiet, run_jobs, write
+from common import RunCache, fingerprint, machine, positive_int, quiet, run_jobs, run_main, write
 
 PGD = ["regularizer=adversarial_pgd"]
 
@@ -158,7 +158,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
-    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--jobs", type=positive_int, default=1, help="recipes in parallel processes")
     args = parser.parse_args()
     quiet()
     cache = RunCache("robust_search", fingerprint("src", "conf"))
@@ -172,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

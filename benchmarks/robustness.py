@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, machine, mean_std, quiet, write
+from common import RESULTS, machine, mean_std, non_negative_int, positive_int, quiet, run_main, write
 
 EPSILONS = [0.0, 0.05, 0.1, 0.2, 0.3]
 PGD_STEPS = 7
@@ -118,16 +118,16 @@ def plot(summary: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs (default: preset's)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--timing-steps", type=int, default=20, help="batches per timing round")
-    parser.add_argument("--timing-rounds", type=int, default=5)
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (timing runs alone after)")
+    parser.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override trainer.max_epochs (default: preset's)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per run")
+    parser.add_argument("--timing-steps", type=positive_int, default=20, help="batches per timing round")
+    parser.add_argument("--timing-rounds", type=positive_int, default=5, help="timing rounds (median)")
+    parser.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel processes (timing runs alone after)")
     args = parser.parse_args()
     quiet()
 
-    extra = [f"num_threads={args.threads}"] + ([f"trainer.max_epochs={args.epochs}"] if args.epochs else [])
+    extra = [f"num_threads={args.threads}"] + ([f"trainer.max_epochs={args.epochs}"] if args.epochs is not None else [])
     with tempfile.TemporaryDirectory() as scratch:
         # Slowest (PGD) runs first so parallel workers finish together.
         jobs = [(seed, name, [*overrides, *extra], str(Path(scratch) / f"{seed}-{i}"))
@@ -197,4 +197,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

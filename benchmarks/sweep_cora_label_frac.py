@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from common import HERE, RESULTS, machine, write
+from common import HERE, RESULTS, machine, run_main, write
 
 TARGET_WALL_S = 240.0
 TARGET_STARTUP_S = 5.0
@@ -91,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

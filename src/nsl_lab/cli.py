@@ -56,6 +56,8 @@ def job(cfg: DictConfig) -> float:
     if in_multirun and (done := finished_metrics(cfg, output_dir)) is not None:
         log.info("already finished in %s: skipped", output_dir)
         return done.get("test/acc", float("nan"))
+    if (Path(output_dir) / METRICS_FILE).is_file():  # e.g. a sweep re-launched with other values per job number
+        log.warning("%s holds a finished run of another configuration: this run replaces it", output_dir)
     multirun.one_gpu_per_job(cfg)
     try:
         metrics = train(cfg, output_dir, started_at, cpu_started_at)

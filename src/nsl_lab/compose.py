@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from nsl_lab.errors import ConfigError
+from nsl_lab.resume import drop_checkpoints
 from nsl_lab.run import train
 
 
@@ -40,7 +41,13 @@ def compose_train(overrides: list[str], conf_dir: str | Path = CONF_DIR) -> Dict
 
 def compose_config(overrides: list[str], output_dir: str | Path, conf_dir: str | Path = CONF_DIR) -> DictConfig:
     """``conf/train.yaml`` with ``overrides``, writing into ``output_dir``."""
-    check_group_options(overrides, conf_dir)
+    if isinstance(overrides, str) or not isinstance(overrides, (list, tuple)) or not all(
+            isinstance(o, str) for o in overrides):
+        raise ConfigError(f"overrides={overrides!r} must be a list of 'key=value' strings, e.g. "
+                          "['data.label_frac=0.05']", "overrides")
+    if not isinstance(output_dir, (str, Path)) or Path(output_dir).is_file():
+        raise ConfigError(f"output_dir={output_dir!r} must be a folder path (made if missing)", "output_dir")
+    check_group_options(list(overrides), conf_dir)
     return compose_train([*overrides, f"paths.output_dir={output_dir}"], conf_dir)
 
 
@@ -51,7 +58,8 @@ def parse_overrides(arguments: list[str]) -> list[tuple[str, Any]]:
 
     parser = OverridesParser.create()
     parsed = []
-    for argument in (a for a in arguments if not a.startswith("-")):
+    # key=value, +key=value, ~key; a bare word is the value of a Hydra flag (--cfg job, -cn train)
+    for argument in (a for a in arguments if not a.startswith("-") and ("=" in a or a.startswith("~"))):
         try:
             (override,) = parser.parse_overrides([argument])
         except Exception as error:  # noqa: BLE001 - the grammar's message, named by its override
@@ -65,18 +73,33 @@ def check_overrides(arguments: list[str], conf_dir: str | Path = CONF_DIR) -> No
     """The command line checked before Hydra runs it: a group option that does not exist
     (:func:`check_group_options`), a value that does not parse, or a key the config lacks
     stops in one line (exit 2 in ``nsl-train``) instead of Hydra's several lines and exit 1.
-    The command line is composed once for that; sweeps and Hydra's own modes are left to Hydra."""
+    The command line is composed once for that (a sweep: its first job); Hydra's own modes are
+    left to Hydra."""
     parsed = check_group_options(arguments, conf_dir)
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in arguments):
         return  # --config-name, --cfg, --info ...: Hydra's own modes
-    if any(override.is_sweep_override() for _, override in parsed):
-        return  # each job of a sweep is composed by Hydra; a failing one goes to failed.json
-    compose_train([a for a, override in parsed if not override.key_or_group.startswith("hydra")], conf_dir)
+    first_job = []
+    for argument, override in parsed:
+        if override.key_or_group.startswith("hydra"):
+            continue
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                return  # a range or interval for a sweeper plugin: left to Hydra
+            # A sweep's first job: a misspelt key fails here; a value that breaks only some
+            # jobs is their own failed.json.
+            first = next(iter(override.sweep_string_iterator()), None)
+            argument = f"{override.get_key_element()}={first}" if first is not None else argument
+        first_job.append(argument)
+    compose_train(first_job, conf_dir)
 
 
 def run_overrides(overrides: list[str], output_dir: str | Path) -> dict[str, float]:
-    """Trains and tests one configuration in this process; returns its metrics."""
-    return train(compose_config(overrides, output_dir), output_dir)
+    """Trains and tests one configuration in this process; returns its metrics. As ``nsl-train``,
+    it drops the run's resume checkpoint once the run finished (``checkpoint.keep=true`` keeps it)."""
+    cfg = compose_config(overrides, output_dir)
+    metrics = train(cfg, output_dir)
+    drop_checkpoints(cfg, output_dir)
+    return metrics
 
 
 def group_options(conf_dir: str | Path, group: str) -> list[str] | None:
@@ -108,6 +131,9 @@ def check_group_options(arguments: list[str], conf_dir: str | Path = CONF_DIR) -
         options = group_options(conf_dir, group)
         if options is None or override.is_delete():
             continue
+        if group == "sweep" and override.is_sweep_override():  # a preset is a whole sweep: Hydra would run plain jobs
+            raise ConfigError(f"sweep={','.join(override.sweep_string_iterator())} picks several sweep presets; run one "
+                              "preset per command (nsl-train -m sweep=<name>)", "sweep")
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
                 continue

@@ -31,7 +31,7 @@ from nsl_lab.attacks.evaluation import RobustEvaluation
 from nsl_lab.batch import Batch
 from nsl_lab.context import run_backbone
 from nsl_lab.errors import ConfigError, NslLabError, check_choice, config_scope, find_error
-from nsl_lab.files import RESOLVED_CONFIG_FILE, write_json
+from nsl_lab.files import RESOLVED_CONFIG_FILE, unwritable_reason, write_json
 from nsl_lab.run import learner_class
 from nsl_lab.saved_runs import load_backbone, load_weights, locate
 
@@ -80,6 +80,8 @@ def resolve_device(device: Device) -> str:
     check_choice("device", device, Device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but torch sees no CUDA GPU here; allowed on this machine: cpu, auto", "device")
     return device
 
 
@@ -117,8 +119,14 @@ def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | N
         the metrics written (warnings are logged and written under ``warnings``).
     """
     check_choice("split", split, Split)
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"overrides={overrides!r} must be a list of 'key=value' strings, e.g. ['eval.eps=[0.1]']",
+                          "overrides")
     device = resolve_device(device)
     run_dir, weights = locate(run)
+    target = Path(out) if out else run_dir / (EVAL_FILE if split == "test" else f"eval_{split}.json")
+    if (reason := unwritable_reason(target)) is not None:  # before the attacks, not after
+        raise ConfigError(f"out={str(target)!r} cannot be written: {reason}", "out")
     cfg = saved_config(run_dir, overrides)
     if not learner_class(cfg).validates:
         raise ConfigError(f"run={str(run)!r} is a label-free pretraining: its classifier was never trained; "
@@ -148,7 +156,6 @@ def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | N
     metrics = {"test/acc": evaluation.clean_accuracy(), **evaluation.compute()}
     # The evaluation names its figures test/...; on validation they are val/...
     result = {f"{split}/{k.removeprefix('test/')}": v for k, v in metrics.items()}
-    target = Path(out) if out else run_dir / (EVAL_FILE if split == "test" else f"eval_{split}.json")
     write_json(target, {**result, "warnings": list(evaluation.warnings), "weights": str(weights),
                         "overrides": list(overrides)})
     log.info("wrote %s", target)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -40,6 +41,21 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda partial: partial.write_text(text))
+
+
+def unwritable_reason(path: str | Path) -> str | None:
+    """Why a file cannot be written at ``path`` (its folder created if missing), or ``None``:
+    checked before long work whose result goes there."""
+    path = Path(path)
+    if path.is_dir():
+        return "it is a folder"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as error:
+        return f"its folder cannot be written ({error.strerror or type(error).__name__})"
+    return None
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:

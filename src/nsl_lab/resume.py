@@ -45,10 +45,29 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt_path") -> dict[str, A
     return stored
 
 
+def check_checkpoint_fits(path: str, model: torch.nn.Module, max_epochs: int | None) -> None:
+    """The checkpoint at ``path`` resumes ``model``: same weight shapes, an epoch within
+    ``max_epochs``. Checked before the run writes its files (Lightning finds out only in ``fit``,
+    in a traceback)."""
+    stored = read_checkpoint(path)
+    own = model.state_dict()
+    for key, value in stored["state_dict"].items():
+        if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+            raise ConfigError(f"ckpt_path={path!r} holds another model's weights ({key}: {list(value.shape)} there, "
+                              f"{list(own[key].shape)} here); resume with the settings it was trained with", "ckpt_path")
+    epoch = int(stored["epoch"])
+    if max_epochs not in (None, -1) and epoch > max_epochs:
+        raise ConfigError(f"ckpt_path={path!r} was saved at epoch {epoch}, past trainer.max_epochs={max_epochs}; "
+                          "allowed: trainer.max_epochs >= the checkpoint's epoch", "trainer.max_epochs")
+
+
 def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
     """``ckpt_path`` for ``Trainer.fit``: a configured path; ``last`` or null: the ``last.ckpt``
     an interrupted run of this same configuration left in this run directory (null: if any)."""
     configured = cfg.get("ckpt_path")
+    if configured is not None and not isinstance(configured, str):
+        raise ConfigError(f"ckpt_path={configured!r} is not allowed; give a checkpoint's path, 'last' or null",
+                          "ckpt_path")
     last = checkpoint_dir(cfg, output_dir) / "last.ckpt"
     if configured and configured != "last":
         read_checkpoint(configured)
@@ -56,6 +75,9 @@ def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
     if last.is_file():
         log.info("resuming from %s", last)
         return str(last)
+    others = [p for p in last.parent.parent.glob("*/last.ckpt") if p != last] if last.parent.parent.is_dir() else []
+    if others:
+        log.info("not resuming from %s: another configuration's checkpoint (this one's would be %s)", others[0], last)
     if configured == "last":
         raise ConfigError(f"ckpt_path=last but this configuration has no checkpoint yet: {last} does not exist",
                           "ckpt_path")

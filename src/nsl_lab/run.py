@@ -23,7 +23,7 @@ from nsl_lab.files import METRICS_FILE, MODEL_FILE, RESOLVED_CONFIG_FILE, save_t
 from nsl_lab.loggers import finish as finish_logger
 from nsl_lab.modules.learner import StructuredLearner
 from nsl_lab.probes import check_probe_settings, probe_encoder
-from nsl_lab.resume import checkpoint_dir, restore_logged_history, resume_path
+from nsl_lab.resume import check_checkpoint_fits, checkpoint_dir, restore_logged_history, resume_path
 from nsl_lab.saved_runs import initialise_from, locate
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,8 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         settings = {k: v for k, v in (cfg.get("learner") or {}).items() if k != "_target_"}
         learner = learner_type(backbone, regularizers, num_classes=datamodule.num_classes, optimizer=optimizer,
                                **settings)
+    if ckpt_path is not None:
+        check_checkpoint_fits(ckpt_path, learner, cfg.trainer.get("max_epochs"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     try:
         if logger:

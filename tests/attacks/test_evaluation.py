@@ -178,8 +178,11 @@ def test_nsl_eval_on_the_validation_split(digits_run, tmp_path):
                            "checkpoint.save_model=true"),
     (["{run}/kept"], "holds no model.pt; give its checkpoint instead: {run}/kept/checkpoints/0a1b/last.ckpt"),
     (["{run}/kept/checkpoints/0a1b"], "give its checkpoint instead: {run}/kept/checkpoints/0a1b/last.ckpt"),
+    (["{run}", "eval.eps=[0.1]", "--device", "cuda"], "device='cuda' but torch sees no CUDA GPU here"),
+    (["{run}", "eval.eps=[0.1]", "--out", "{run}"], "out='{run}' cannot be written: it is a folder"),  # before attacking
 ])
-def test_nsl_eval_bad_input_fails_in_one_line(digits_run, capsys, args, message):
+def test_nsl_eval_bad_input_fails_in_one_line(digits_run, capsys, monkeypatch, args, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same message on a GPU machine
     run_dir, _ = digits_run
     (run_dir / "corrupt.pt").write_bytes(b"not a checkpoint")
     (run_dir / "weightless").mkdir(exist_ok=True)  # a run saved with checkpoint.save_model=false

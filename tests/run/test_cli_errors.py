@@ -132,6 +132,8 @@ def test_unknown_group_option_lists_the_options(tmp_path, data_root, cache_dir):
     (["regularizer=none", "regularizer.graph.multiplier=0.5"], "Could not override 'regularizer.graph.multiplier'."),
     (["regularizer=none", "~regularizer.balance"], "'regularizer.balance' does not exist"),
     (["data.label_frac=["], "override 'data.label_frac=[' cannot be parsed: no viable alternative at input '['"),
+    (["-m", "seed=0,1", "data.lable_frac=0.1"], "Could not override 'data.lable_frac'."),  # a sweep: its first job
+    (["-m", "sweep=cora_label_frac,digits_base"], "sweep=cora_label_frac,digits_base picks several sweep presets"),
 ])
 def test_an_override_hydra_cannot_apply_ends_in_one_line(overrides, message, tmp_path, data_root, cache_dir):
     code, _, stderr = nsl_train(overrides, tmp_path / "run", data_root, cache_dir)
@@ -207,3 +209,31 @@ def test_config_scope_names_a_library_rejection_but_keeps_nsl_lab_bugs():
     with pytest.raises(InstantiationException):
         with config_scope("backbone."):
             instantiation_error(namespace["broken"])
+
+
+def test_hydra_flags_with_a_value_pass_through(tmp_path, data_root, cache_dir):
+    # "job" is --cfg's value, not an override (Hydra's argparse wants the flags after the overrides)
+    code, stdout, stderr = nsl_train(["seed=3", "--cfg", "job"], tmp_path / "run", data_root, cache_dir)
+    assert code == 0 and "seed: 3" in stdout, stderr[-2000:]
+
+
+def test_a_checkpoint_that_cannot_resume_stops_before_the_run_is_touched(tmp_path, data_root, cache_dir):
+    run_dir = tmp_path / "run"
+    finished = ["trainer.max_epochs=3", "logger=none", "data.label_frac=0.05", "checkpoint.every_n_epochs=1",
+                "checkpoint.keep=true"]
+    code, _, stderr = nsl_train(finished, run_dir, data_root, cache_dir)
+    assert code == 0, stderr[-2000:]
+    (checkpoint,) = run_dir.glob("checkpoints/*/last.ckpt")
+    kept = {name: (run_dir / name).read_bytes() for name in ("config_resolved.yaml", "metrics.json", "model.pt")}
+    for overrides, message in [
+        (["backbone.hidden_sizes=[64]"], "holds another model's weights (backbone.hidden_layers.0.weight: [256, 1433] "
+                                         "there, [64, 1433] here)"),
+        (["trainer.max_epochs=1"], "was saved at epoch 2, past trainer.max_epochs=1"),
+    ]:
+        code, _, stderr = nsl_train([*QUICK, f"ckpt_path={checkpoint}", *overrides], run_dir, data_root, cache_dir)
+        (line,) = error_lines(stderr)
+        assert code == 2 and message in line, stderr[-2000:]
+        assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    code, _, stderr = nsl_train([*QUICK, "ckpt_path=123"], tmp_path / "other", data_root, cache_dir)
+    assert code == 2 and error_lines(stderr) == [
+        "nsl_lab: error: ckpt_path=123 is not allowed; give a checkpoint's path, 'last' or null"]
