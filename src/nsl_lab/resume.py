@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parameter import is_lazy
 
 from nsl_lab.errors import ConfigError
 
@@ -52,7 +53,9 @@ def check_checkpoint_fits(path: str, model: torch.nn.Module, max_epochs: int | N
     stored = read_checkpoint(path)
     own = model.state_dict()
     for key, value in stored["state_dict"].items():
-        if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+        if key not in own or is_lazy(own[key]) or not hasattr(value, "shape"):
+            continue  # a lazy module's weights take their shape from the checkpoint
+        if tuple(value.shape) != tuple(own[key].shape):
             raise ConfigError(f"ckpt_path={path!r} holds another model's weights ({key}: {list(value.shape)} there, "
                               f"{list(own[key].shape)} here); resume with the settings it was trained with", "ckpt_path")
     epoch = int(stored["epoch"])
