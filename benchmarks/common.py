@@ -10,7 +10,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -73,16 +72,10 @@ def positive_float_text(text: str) -> str:
 def run_main(main: Callable[[], None]) -> None:
     """Runs a benchmark's ``main``: an nsl_lab error found once work began (a ``ConfigError`` naming
     a setting, raised here or in a worker process) is one ``nsl_lab: error: ...`` line and exit 2."""
-    try:
-        main()
-    except Exception as error:
-        from nsl_lab.errors import NslLabError, find_error
+    from nsl_lab.errors import one_line_errors
 
-        known = find_error(error, NslLabError)
-        if known is None:
-            raise
-        print(f"nsl_lab: error: {known}", file=sys.stderr)
-        sys.exit(2)
+    with one_line_errors():
+        main()
 
 
 def run_jobs(function: Callable[[Job], Row], jobs: Sequence[Job], workers: int) -> Iterator[Row]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import typing
 from typing import Any, Iterator
 
@@ -74,6 +75,21 @@ def raised_in_nsl_lab(error: BaseException) -> bool:
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
     return frame is not None and f"{os.sep}nsl_lab{os.sep}" in frame.tb_frame.f_code.co_filename
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A command's body: an nsl_lab error raised inside (found behind wrappers such as Hydra's or a
+    worker pool's) ends the command with one ``nsl_lab: error: ...`` line and exit code 2; any
+    other error keeps its traceback (a bug, not bad input)."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - only nsl_lab's own errors are shortened
+        known = find_error(error, NslLabError)
+        if known is None:
+            raise
+        print(f"nsl_lab: error: {known}", file=sys.stderr)
+        sys.exit(2)
 
 
 def find_error(error: BaseException | None, kind: type[BaseException] = NslLabError) -> Any:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from nsl_lab.attacks.evaluation import RobustEvaluation
 from nsl_lab.batch import Batch
 from nsl_lab.context import run_backbone
-from nsl_lab.errors import ConfigError, NslLabError, check_choice, config_scope, find_error
+from nsl_lab.errors import ConfigError, check_choice, config_scope, one_line_errors
 from nsl_lab.files import RESOLVED_CONFIG_FILE, unwritable_reason, write_json
 from nsl_lab.run import learner_class
 from nsl_lab.saved_runs import load_backbone, load_weights, locate
@@ -176,14 +176,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="test, or val to choose a model or an epsilon on validation (keys val/...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    with one_line_errors():
         metrics = evaluate(args.run, args.overrides, args.out, args.device, args.progress, args.split)
-    except Exception as error:
-        known = find_error(error, NslLabError)
-        if known is None:
-            raise
-        print(f"nsl_lab: error: {known}", file=sys.stderr)
-        sys.exit(2)
     prefix = f"{args.split}/"
     print("nsl_lab: " + " ".join(f"{k.removeprefix(prefix)}={v:.4f}" for k, v in metrics.items()
                                  if not k.removeprefix(prefix).startswith(("sanity/", "robust_acc/autoattack."))),
