@@ -53,10 +53,11 @@ def job(cfg: DictConfig) -> float:
     in_multirun = multirun.in_multirun()
     multirun.default_threads(cfg)
     multirun.ddp_inside_multirun(cfg)
-    if in_multirun and (done := finished_metrics(cfg, output_dir)) is not None:
+    done = finished_metrics(cfg, output_dir)
+    if in_multirun and done is not None:
         log.info("already finished in %s: skipped", output_dir)
         return done.get("test/acc", float("nan"))
-    if (Path(output_dir) / METRICS_FILE).is_file():  # e.g. a sweep re-launched with other values per job number
+    if done is None and (Path(output_dir) / METRICS_FILE).is_file():  # a sweep re-launched with other values
         log.warning("%s holds a finished run of another configuration: this run replaces it", output_dir)
     multirun.one_gpu_per_job(cfg)
     try:

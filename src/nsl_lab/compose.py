@@ -8,7 +8,7 @@ from typing import Any, Iterable
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from nsl_lab.errors import ConfigError
+from nsl_lab.errors import ConfigError, check_overrides_list
 from nsl_lab.resume import drop_checkpoints
 from nsl_lab.run import train
 
@@ -41,13 +41,10 @@ def compose_train(overrides: list[str], conf_dir: str | Path = CONF_DIR) -> Dict
 
 def compose_config(overrides: list[str], output_dir: str | Path, conf_dir: str | Path = CONF_DIR) -> DictConfig:
     """``conf/train.yaml`` with ``overrides``, writing into ``output_dir``."""
-    if isinstance(overrides, str) or not isinstance(overrides, (list, tuple)) or not all(
-            isinstance(o, str) for o in overrides):
-        raise ConfigError(f"overrides={overrides!r} must be a list of 'key=value' strings, e.g. "
-                          "['data.label_frac=0.05']", "overrides")
+    overrides = check_overrides_list(overrides, "data.label_frac=0.05")
     if not isinstance(output_dir, (str, Path)) or Path(output_dir).is_file():
         raise ConfigError(f"output_dir={output_dir!r} must be a folder path (made if missing)", "output_dir")
-    check_group_options(list(overrides), conf_dir)
+    check_group_options(overrides, conf_dir)
     return compose_train([*overrides, f"paths.output_dir={output_dir}"], conf_dir)
 
 

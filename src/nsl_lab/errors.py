@@ -8,6 +8,7 @@ config path the component was built from (``regularizer.graph_unlabeled.multipli
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import re
 import sys
@@ -150,12 +151,21 @@ def check_flag(name: str, value: Any) -> bool:
     return value
 
 
+def check_overrides_list(overrides: Any, example: str) -> list[str]:
+    """Checks that ``overrides`` is a list (or tuple) of ``key=value`` strings: a single string
+    would otherwise be read character by character."""
+    if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"overrides={overrides!r} must be a list of 'key=value' strings, e.g. [{example!r}]",
+                          "overrides")
+    return list(overrides)
+
+
 def check_integer(name: str, value: Any, minimum: int, *, optional: bool = False) -> Any:
-    """Checks that ``value`` is an integer (not a bool, not a float) >= ``minimum``
-    (or ``None`` when ``optional``)."""
+    """Checks that ``value`` is an integer (not a bool, not a float; numpy's integers count)
+    >= ``minimum`` (or ``None`` when ``optional``); returns it as a Python ``int``."""
     if optional and value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         allowed = f"an integer >= {minimum}" + (" or null" if optional else "")
         raise ConfigError(f"{name}={value!r} is not allowed; it must be {allowed}", name)
-    return value
+    return int(value)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from nsl_lab.attacks.evaluation import RobustEvaluation
 from nsl_lab.batch import Batch
 from nsl_lab.context import run_backbone
-from nsl_lab.errors import ConfigError, check_choice, config_scope, one_line_errors
+from nsl_lab.errors import ConfigError, check_choice, check_overrides_list, config_scope, one_line_errors
 from nsl_lab.files import RESOLVED_CONFIG_FILE, unwritable_reason, write_json
 from nsl_lab.run import learner_class
 from nsl_lab.saved_runs import load_backbone, load_weights, locate
@@ -119,9 +119,7 @@ def evaluate(run: str | Path, overrides: Sequence[str] = (), out: str | Path | N
         the metrics written (warnings are logged and written under ``warnings``).
     """
     check_choice("split", split, Split)
-    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
-        raise ConfigError(f"overrides={overrides!r} must be a list of 'key=value' strings, e.g. ['eval.eps=[0.1]']",
-                          "overrides")
+    overrides = check_overrides_list(overrides, "eval.eps=[0.1]")
     device = resolve_device(device)
     run_dir, weights = locate(run)
     target = Path(out) if out else run_dir / (EVAL_FILE if split == "test" else f"eval_{split}.json")

@@ -177,8 +177,7 @@ def check_probe_settings(
         if isinstance(values, (str, int, float)) or not list(values):
             raise ConfigError(f"probe.{name}={values!r} must be a non-empty list, e.g. probe.{name}={examples[name]}",
                               f"probe.{name}")
-    settings["seeds"] = [check_integer("probe.seeds", int(seed) if isinstance(seed, np.integer) else seed, 0)
-                         for seed in seeds]
+    settings["seeds"] = [check_integer("probe.seeds", seed, 0) for seed in seeds]
     settings["kinds"] = [check_choice("probe.kinds", kind, ProbeKind) for kind in kinds]
     settings["c_grid"] = [float(check_range("probe.c_grid", c, 0.0, low_inclusive=False)) for c in c_grid]
     settings["k_grid"] = [check_integer("probe.k_grid", k, 1) for k in k_grid]

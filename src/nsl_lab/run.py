@@ -207,7 +207,7 @@ def train(cfg: DictConfig, output_dir: str | Path, started_at: float | None = No
         settings = {k: v for k, v in (cfg.get("learner") or {}).items() if k != "_target_"}
         learner = learner_type(backbone, regularizers, num_classes=datamodule.num_classes, optimizer=optimizer,
                                **settings)
-    if ckpt_path is not None:
+    if cfg.get("ckpt_path") not in (None, "last"):  # a named file; this config's own last.ckpt fits by construction
         check_checkpoint_fits(ckpt_path, learner, cfg.trainer.get("max_epochs"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     try:

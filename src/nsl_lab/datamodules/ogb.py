@@ -2,6 +2,7 @@
 converted once into a feature store and a CSR graph in the cache. Nothing is downloaded."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import sys
@@ -28,10 +29,16 @@ BLOCK_LINES = 100_000
 def read_blocks(path: Path, dtype: type, columns: int | None = None) -> Iterator[np.ndarray]:
     """The rows of a gzipped comma-separated file, ``BLOCK_LINES`` at a time, as arrays; an
     empty or ``nan`` cell in an integer file (an unlabeled node) becomes -1."""
+    with gzip_errors(path), gzip.open(path, "rt") as handle:
+        yield from _blocks(path, handle, dtype, columns)
+
+
+@contextlib.contextmanager
+def gzip_errors(path: Path) -> Iterator[None]:
+    """A file that is not gzip, or is truncated, ends in one line naming it."""
     try:
-        with gzip.open(path, "rt") as handle:
-            yield from _blocks(path, handle, dtype, columns)
-    except (OSError, EOFError, UnicodeDecodeError) as error:  # not gzip, truncated: one line
+        yield
+    except (OSError, EOFError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path} cannot be read as a gzipped CSV file ({type(error).__name__}: {error})") from None
 
 
@@ -81,13 +88,9 @@ def convert_ogb(raw_folder: Path, split_folder: Path, target: Path, dtype: Store
     """Writes features, labels, CSR graph and split indices into ``target`` from an OGB folder."""
     target.mkdir(parents=True, exist_ok=True)
     features_path = raw_folder / "node-feat.csv.gz"
-    try:
-        with gzip.open(features_path, "rt") as handle:
-            first = handle.readline()
-            num_nodes = 1 + sum(1 for _ in handle) if first.strip() else 0
-    except (OSError, EOFError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{features_path} cannot be read as a gzipped CSV file ({type(error).__name__}: "
-                          f"{error})") from None
+    with gzip_errors(features_path), gzip.open(features_path, "rt") as handle:
+        first = handle.readline()
+        num_nodes = 1 + sum(1 for _ in handle) if first.strip() else 0
     if num_nodes == 0:
         raise ConfigError(f"{features_path} is empty; it must hold one line of features per node")
     dim = len(first.split(","))
