@@ -58,6 +58,10 @@ def check_compatibility(cfg: DictConfig, regularizers: Mapping[str, Any]) -> Non
     settings = OmegaConf.to_container(cfg.data, resolve=True)
     provided = data_class.provides(settings)
     for name, regularizer in regularizers.items():
+        kinds = getattr(regularizer, "input_kinds", None)
+        if kind is not None and kinds is not None and kind not in kinds:
+            raise ConfigError(f"regularizer.{name} ({type(regularizer).__name__}) works on {' or '.join(sorted(kinds))}, "
+                              f"but {data} gives {kind}", f"regularizer.{name}")
         missing = regularizer.requirements - provided
         if "neighbors" in missing and "graph" not in provided:  # no graph at all: that is what to fix first
             missing = (missing - {"neighbors"}) | {"graph"}

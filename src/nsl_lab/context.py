@@ -76,6 +76,9 @@ class GraphData:
         full_batch: every training batch is the whole graph (row ``i`` = node ``i``, labels
             = ``train_labels``), so whatever a regularizer derives from the batch's rows and
             labels can be found once.
+        features: ``[N, d]`` every row's input features (dense or sparse), where the
+            datamodule holds them as one tensor (full-graph data); ``None`` otherwise
+            (``batch_rows`` builds any rows' inputs).
     """
 
     graph: NeighborGraph | None
@@ -85,6 +88,7 @@ class GraphData:
     batch_rows: Callable[[torch.Tensor], Batch] | None = None
     eval_batch_size: int = 512
     full_batch: bool = False
+    features: torch.Tensor | None = None
 
 
 @runtime_checkable

@@ -123,7 +123,7 @@ def test_unknown_group_option_lists_the_options(tmp_path, data_root, cache_dir):
     code, _, stderr = nsl_train(["regularizer=grpah"], tmp_path / "run", data_root, cache_dir)
     (line,) = error_lines(stderr)
     assert code == 2 and line.startswith("nsl_lab: error: regularizer=grpah is not an option of the regularizer "
-                                         "group; allowed: adversarial, adversarial_pgd, balance, contrastive, graph")
+                                         "group; allowed: adversarial, adversarial_pgd, balance, contrastive, distill, graph")
     assert not (tmp_path / "run").exists()  # stopped before Hydra made the run directory
 
 

@@ -290,7 +290,8 @@ class PlanetoidDataModule(pl.LightningDataModule):
         is the whole graph."""
         rows = {"train": torch.arange(self.num_nodes),  # the training batch is every node
                 **{stage: self._batches[stage].labeled.nonzero().flatten() for stage in ("val", "test")}}
-        return GraphData(self.graph, self._batches["train"].y, self.num_classes, rows, full_batch=True)
+        train = self._batches["train"]
+        return GraphData(self.graph, train.y, self.num_classes, rows, full_batch=True, features=train.x)
 
     def labeled_splits(self) -> LabeledSplits:
         """Every node's label, the pool outside validation and test, and the public split (the

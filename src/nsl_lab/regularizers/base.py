@@ -26,6 +26,8 @@ class Regularizer(nn.Module):
     Class attributes a subclass may set:
         name: default config name (log name when regularizers come as a list).
         needs_embedding: the step must carry the input embedding and its clean gradient.
+        input_kinds: the datamodule input kinds (``features``, ``images``, ``tokens``) the term
+            works on, checked before any data is loaded (``None``: any).
 
     Args:
         multiplier: :math:`\lambda`, weight of the term in the total loss.
@@ -36,6 +38,7 @@ class Regularizer(nn.Module):
 
     name: ClassVar[str] = "regularizer"
     needs_embedding: ClassVar[bool] = False
+    input_kinds: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, multiplier: float = 1.0, warmup_epochs: int = 0) -> None:
         super().__init__()
