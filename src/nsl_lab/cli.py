@@ -20,12 +20,14 @@ from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from nsl_lab import multirun  # noqa: E402
 from nsl_lab.compose import CONF_DIR, check_overrides  # noqa: E402
 from nsl_lab.errors import ConfigError, NslLabError, find_error  # noqa: E402
-from nsl_lab.files import METRICS_FILE, RESOLVED_CONFIG_FILE, clear_failure, read_json, write_failure  # noqa: E402
+from nsl_lab.files import (FAILED_FILE, METRICS_FILE, RESOLVED_CONFIG_FILE, clear_failure, read_json,  # noqa: E402
+                           write_failure)
 from nsl_lab.resume import drop_checkpoints  # noqa: E402
 from nsl_lab.run import summary_line, train  # noqa: E402
 
@@ -79,6 +81,25 @@ def job(cfg: DictConfig) -> float:
     if os.environ.get("LOCAL_RANK", "0") == "0":
         print(summary_line(metrics, output_dir), flush=True)
     return metrics.get("test/acc", float("nan"))
+
+
+class SweepSummary(Callback):
+    """Hydra callback (conf/hydra/default.yaml): at the end of a multirun, one line per failed
+    job and exit status 1 when any failed. The sweep itself goes on past a failed job; the jobs'
+    ``failed.json`` are read from the sweep directory, so jobs in worker processes count too."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))
+        if not failed:
+            return
+        jobs = len(list(sweep_dir.glob("*/.hydra")))
+        lines = [f"nsl_lab: error: {len(failed)} of {jobs} jobs failed (python scripts/report.py {sweep_dir} lists them):"]
+        for path in failed:
+            message = str((read_json(path) or {}).get("message", "no message"))
+            lines.append(f"  {path.parent}: {message.removeprefix('nsl_lab: error: ')}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def main() -> None:

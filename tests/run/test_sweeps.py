@@ -21,13 +21,14 @@ from nsl_lab.report import log_to_wandb, report
 TINY = ["trainer.max_epochs=4", "trainer.enable_progress_bar=false", "data.label_frac=0.05"]
 
 
-def run_sweep(args: list[str], sweep_dir: Path, cache: Path, data: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+def run_sweep(args: list[str], sweep_dir: Path, cache: Path, data: Path, timeout: int = 400,
+              returncode: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "NSL_LAB_CACHE": str(cache), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     env.pop("WANDB_API_KEY", None)
     env["NSL_LAB_DATA"] = str(data)
     command = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", f"hydra.sweep.dir={sweep_dir}", *args]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert completed.returncode == returncode, completed.stderr[-4000:]
     return completed
 
 
@@ -74,11 +75,14 @@ def test_submitit_local_sweep(tmp_path, data_root, cache_dir):
 
 @pytest.mark.slow
 def test_failing_job_wandb_offline_and_relaunch_skips_finished(tmp_path, data_root, cache_dir):
-    """One job of the sweep fails: the sweep goes on, the report lists it; the good job logs to
-    W&B offline (group = sweep, tags); a re-launch recomputes nothing that finished."""
+    """One job of the sweep fails: the sweep goes on, ends by naming it and exits 1, and the report
+    lists it; the good job logs to W&B offline (group = sweep, tags); a re-launch recomputes
+    nothing that finished."""
     sweep_dir = tmp_path / "sweep_2026"
     args = ["data.label_frac=0.05,1.5", "logger=wandb", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
-    run_sweep(args, sweep_dir, cache_dir, data_root)
+    completed = run_sweep(args, sweep_dir, cache_dir, data_root, returncode=1)
+    summary = completed.stderr[completed.stderr.index("nsl_lab: error: 1 of 2 jobs failed"):]
+    assert f"  {sweep_dir / '1'}: data.label_frac=1.5 is out of range" in summary
     assert sorted(metrics_of(sweep_dir)) == ["0"]
     failure = json.loads((sweep_dir / "1" / "failed.json").read_text())
     assert "data.label_frac=1.5 is out of range" in failure["message"]
@@ -105,7 +109,7 @@ def test_failing_job_wandb_offline_and_relaunch_skips_finished(tmp_path, data_ro
         logged["summary"]["val/acc"])
 
     finished_at = (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns
-    completed = run_sweep(args, sweep_dir, cache_dir, data_root)
+    completed = run_sweep(args, sweep_dir, cache_dir, data_root, returncode=1)
     assert (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns == finished_at
     assert "already finished" in completed.stderr + completed.stdout + (sweep_dir / "0" / "train.log").read_text()
     assert (sweep_dir / "1" / "failed.json").exists()
