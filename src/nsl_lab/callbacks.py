@@ -12,8 +12,10 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states, reset_seed
 from pytorch_lightning.callbacks import EMAWeightAveraging
+from pytorch_lightning.loggers import CSVLogger
 
 from nsl_lab.errors import TrainingDiverged, check_range
+from nsl_lab.resume import LOGGED_HISTORY_KEY, logged_history
 
 
 class JobClock(pl.Callback):
@@ -129,25 +131,33 @@ class LastCheckpoint(pl.Callback):
     """Writes ``<dirpath>/last.ckpt`` every ``every_n_epochs`` epochs, after validation.
 
     Lightning's ModelCheckpoint with ``save_top_k=0`` writes ``last.ckpt`` only when training
-    ends; a job killed before that would lose everything. The loggers are flushed first, so
-    the logged history up to the checkpoint is on disk, and the file is replaced atomically,
-    so a kill while writing leaves the previous checkpoint intact.
+    ends; a job killed before that would lose everything. The loggers are flushed first, and
+    the CSV log's rows so far go into the checkpoint (a resumed run restores them from there,
+    whatever ran in the folder since); the file is replaced atomically, so a kill while writing
+    leaves the previous checkpoint intact.
     """
 
     def __init__(self, dirpath: str | Path, every_n_epochs: int) -> None:
         self.dirpath, self.every_n_epochs = Path(dirpath), int(every_n_epochs)
+        self._history: list[dict[str, str]] | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         for logger in trainer.loggers:
             logger.save()
+        csv_logs = [Path(logger.log_dir) / "metrics.csv" for logger in trainer.loggers if isinstance(logger, CSVLogger)]
+        self._history = logged_history(csv_logs[0], trainer.current_epoch) if csv_logs else None
         partial = self.dirpath / "last.ckpt.partial"
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(partial, weights_only=False)
         if trainer.is_global_zero:
             os.replace(partial, self.dirpath / "last.ckpt")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._history is not None:
+            checkpoint[LOGGED_HISTORY_KEY] = self._history
 
 
 class WeightAverage(EMAWeightAveraging):

@@ -21,28 +21,18 @@ from pathlib import Path  # noqa: E402
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from nsl_lab import multirun  # noqa: E402
 from nsl_lab.compose import CONF_DIR, check_overrides  # noqa: E402
 from nsl_lab.errors import ConfigError, NslLabError, find_error  # noqa: E402
-from nsl_lab.files import (FAILED_FILE, METRICS_FILE, RESOLVED_CONFIG_FILE, clear_failure, read_json,  # noqa: E402
-                           write_failure)
-from nsl_lab.resume import drop_checkpoints  # noqa: E402
+from nsl_lab.files import FAILED_FILE, METRICS_FILE, clear_failure, read_json, write_failure  # noqa: E402
+from nsl_lab.resume import drop_checkpoints, finished_metrics  # noqa: E402
 from nsl_lab.run import summary_line, train  # noqa: E402
 
 log = logging.getLogger("nsl_lab.train")
 #: jobs this process has run (a joblib worker runs many): only the first counts the imports
 _jobs_run = 0
-
-
-def finished_metrics(cfg: DictConfig, output_dir: str | Path) -> dict | None:
-    """The metrics of this very configuration when it already finished in ``output_dir``."""
-    output_dir = Path(output_dir)
-    resolved = output_dir / RESOLVED_CONFIG_FILE
-    if not resolved.is_file() or resolved.read_text() != OmegaConf.to_yaml(cfg, resolve=True):
-        return None  # another configuration ran here: train again
-    return read_json(output_dir / METRICS_FILE)
 
 
 def job(cfg: DictConfig) -> float:

@@ -15,10 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parameter import is_lazy
 
 from nsl_lab.errors import ConfigError
+from nsl_lab.files import METRICS_FILE, RESOLVED_CONFIG_FILE, read_json
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+#: the checkpoint's copy of the CSV log's rows up to its epoch
+LOGGED_HISTORY_KEY = "nsl_lab_logged_history"
 
 
 def checkpoint_dir(cfg: DictConfig, output_dir: str | Path) -> Path:
@@ -64,9 +67,18 @@ def check_checkpoint_fits(path: str, model: torch.nn.Module, max_epochs: int | N
                           "allowed: trainer.max_epochs >= the checkpoint's epoch", "trainer.max_epochs")
 
 
+def finished_metrics(cfg: DictConfig, output_dir: str | Path) -> dict | None:
+    """The metrics of this very configuration when it already finished in ``output_dir``."""
+    resolved = Path(output_dir) / RESOLVED_CONFIG_FILE
+    if not resolved.is_file() or resolved.read_text() != OmegaConf.to_yaml(cfg, resolve=True):
+        return None  # another configuration ran here: train again
+    return read_json(Path(output_dir) / METRICS_FILE)
+
+
 def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
     """``ckpt_path`` for ``Trainer.fit``: a configured path; ``last`` or null: the ``last.ckpt``
-    an interrupted run of this same configuration left in this run directory (null: if any)."""
+    an interrupted run of this same configuration left in this run directory (null: if any,
+    and not when this configuration finished here: a rerun of a finished run trains again)."""
     configured = cfg.get("ckpt_path")
     if configured is not None and not isinstance(configured, str):
         raise ConfigError(f"ckpt_path={configured!r} is not allowed; give a checkpoint's path, 'last' or null",
@@ -76,6 +88,10 @@ def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
         read_checkpoint(configured)
         return str(configured)
     if last.is_file():
+        if configured is None and finished_metrics(cfg, output_dir) is not None:
+            log.info("this configuration finished in %s: training again from the start (its kept %s is not "
+                     "resumed; ckpt_path=last resumes it)", output_dir, last)
+            return None
         log.info("resuming from %s", last)
         return str(last)
     others = [p for p in last.parent.parent.glob("*/last.ckpt") if p != last] if last.parent.parent.is_dir() else []
@@ -111,13 +127,17 @@ def logged_history(csv_path: str | Path, last_epoch: int) -> list[dict[str, str]
 
 def restore_logged_history(logger: Any, ckpt_path: str | None) -> None:
     """A resumed run's CSV logger starts from the rows logged before its checkpoint (Lightning's
-    CSV writer would otherwise delete them)."""
+    CSV writer would otherwise delete them): those the checkpoint holds
+    (:class:`~nsl_lab.callbacks.LastCheckpoint` stores them), so that another configuration
+    run in the same folder since cannot lend its rows; for an older checkpoint, the log's."""
     from pytorch_lightning.loggers import CSVLogger
 
     # (no hasattr(logger, "experiment"): reading that property creates the writer, which deletes the file)
     if ckpt_path is None or not isinstance(logger, CSVLogger):
         return
-    csv_path = Path(logger.log_dir) / "metrics.csv"
-    rows = logged_history(csv_path, int(read_checkpoint(ckpt_path)["epoch"]))
+    stored = read_checkpoint(ckpt_path)
+    rows = stored.get(LOGGED_HISTORY_KEY)
+    if rows is None:
+        rows = logged_history(Path(logger.log_dir) / "metrics.csv", int(stored["epoch"]))
     writer = logger.experiment  # creating the writer removes the old file
     writer.metrics.extend(rows)

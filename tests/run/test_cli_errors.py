@@ -3,6 +3,7 @@ and loses nothing already written."""
 from __future__ import annotations
 
 import datetime
+import csv
 import json
 import os
 import shutil
@@ -237,3 +238,40 @@ def test_a_checkpoint_that_cannot_resume_stops_before_the_run_is_touched(tmp_pat
     code, _, stderr = nsl_train([*QUICK, "ckpt_path=123"], tmp_path / "other", data_root, cache_dir)
     assert code == 2 and error_lines(stderr) == [
         "nsl_lab: error: ckpt_path=123 is not allowed; give a checkpoint's path, 'last' or null"]
+
+
+def test_rerunning_a_finished_run_with_a_kept_checkpoint_trains_again(tmp_path, data_root, cache_dir):
+    run_dir = tmp_path / "run"
+    finished = ["trainer.max_epochs=2", "logger=none", "data.label_frac=0.05", "checkpoint.every_n_epochs=1",
+                "checkpoint.keep=true"]
+    code, _, stderr = nsl_train(finished, run_dir, data_root, cache_dir)
+    assert code == 0, stderr[-2000:]
+    first = json.loads((run_dir / "metrics.json").read_text())
+    code, _, stderr = nsl_train(finished, run_dir, data_root, cache_dir)
+    assert code == 0, stderr[-2000:]
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert "training again from the start" in (run_dir / "train.log").read_text()
+    assert again["start_epoch"] == 0 and "fit_seconds" in again and again["test/acc"] == first["test/acc"]
+
+
+def test_a_resumed_run_restores_its_own_logged_rows_after_another_config_ran_in_its_folder(tmp_path, data_root,
+                                                                                             cache_dir):
+    run_dir = tmp_path / "run"
+    first = ["trainer.max_epochs=2", "logger=csv", "data.label_frac=0.05", "checkpoint.every_n_epochs=1",
+             "checkpoint.keep=true"]
+    assert nsl_train(first, run_dir, data_root, cache_dir)[0] == 0
+    log_path = run_dir / "csv" / "metrics.csv"
+
+    def rows(epochs: int) -> list[dict]:
+        with log_path.open(newline="") as handle:
+            return [{k: v for k, v in row.items() if v} for row in csv.DictReader(handle) if float(row["epoch"]) < epochs]
+
+    own = rows(2)
+    (checkpoint,) = run_dir.glob("checkpoints/*/last.ckpt")
+    assert nsl_train(["trainer.max_epochs=2", "logger=csv", "data.label_frac=0.05", "seed=1"], run_dir, data_root,
+                     cache_dir)[0] == 0  # another configuration's log replaces the file
+    assert rows(2) != own
+    code, _, stderr = nsl_train([*first, "trainer.max_epochs=3", f"ckpt_path={checkpoint}"], run_dir, data_root,
+                                cache_dir)
+    assert code == 0, stderr[-2000:]
+    assert rows(2) == own and rows(3) != own  # its own first two epochs, then the third
