@@ -55,6 +55,14 @@ def normalized_adjacency_power(graph: NeighborGraph, hops: int, normalization: N
     return NeighborGraph(power.indices(), n, power.values())
 
 
+def normalized_adjacency_matrix(graph: NeighborGraph, normalization: Normalization = "symmetric") -> torch.Tensor:
+    """:math:`\hat A` (:func:`normalized_adjacency_power`, one hop) as a coalesced sparse COO
+    ``[N, N]`` matrix on the graph's device, for sparse products with node features."""
+    source, target, weight = normalized_adjacency_power(graph, 1, normalization).edges()
+    return torch.sparse_coo_tensor(torch.stack([source, target]), weight, (graph.num_nodes,) * 2,
+                                   check_invariants=False).coalesce()
+
+
 def walk_count(graph: NeighborGraph, hops: int, limit: int) -> int:
     r"""The number of walks of length ``hops`` in :math:`A + I`, each stored edge one way whatever its
     weight (a repeated edge, or a self-loop beside :math:`I`'s, twice): :math:`\mathbf 1^T (A + I)^{r}

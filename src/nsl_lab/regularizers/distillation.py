@@ -14,15 +14,9 @@ from nsl_lab.context import GraphData, Requirement, TrainingStep
 from nsl_lab.errors import ConfigError, check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.regularizers.base import Regularizer
-from nsl_lab.regularizers.contrastive import normalized_adjacency_power
+from nsl_lab.regularizers.contrastive import normalized_adjacency_matrix
 
 log = logging.getLogger(__name__)
-
-
-def _sparse_matrix(graph: NeighborGraph) -> torch.Tensor:
-    source, target, weight = graph.edges()
-    return torch.sparse_coo_tensor(torch.stack([source, target]), weight, (graph.num_nodes,) * 2,
-                                   check_invariants=False).coalesce()
 
 
 def train_grand_teacher(
@@ -91,7 +85,7 @@ def train_grand_teacher(
         raise ConfigError("the GRAND teacher needs labeled nodes; these training labels are all -1")
     device = train_labels.device
     x = (features if features.is_sparse else features.to_sparse()).coalesce().float().to(device)
-    adjacency = _sparse_matrix(normalized_adjacency_power(graph.to(device), 1, "symmetric"))
+    adjacency = normalized_adjacency_matrix(graph.to(device), "symmetric")
     n = graph.num_nodes
     if x.shape[0] != n:
         raise ConfigError(f"the GRAND teacher got features for {x.shape[0]} nodes and a graph of {n}")

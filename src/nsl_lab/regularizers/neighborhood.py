@@ -12,7 +12,7 @@ from nsl_lab.context import GraphData, Requirement, TrainingStep
 from nsl_lab.errors import ConfigError, check_choice, check_integer, check_range
 from nsl_lab.graphs.neighbors import NeighborGraph
 from nsl_lab.regularizers.base import Regularizer
-from nsl_lab.regularizers.contrastive import Normalization, normalized_adjacency_power
+from nsl_lab.regularizers.contrastive import Normalization, normalized_adjacency_matrix, normalized_adjacency_power
 
 Summary = Literal["inputs", "embeddings"]
 
@@ -24,10 +24,7 @@ def propagate_features(graph: NeighborGraph, x: torch.Tensor, hops: int,
     (Wu et al. 2019): each row the weighted mean of its ``hops``-hop neighbourhood's inputs.
     ``x`` dense or sparse COO, ``[N, d]`` -> dense ``[N, d]``."""
     check_integer("hops", hops, 1)
-    adjacency = normalized_adjacency_power(graph.to(x.device), 1, normalization)
-    source, target, weight = adjacency.edges()
-    matrix = torch.sparse_coo_tensor(torch.stack([source, target]), weight, (graph.num_nodes,) * 2,
-                                     check_invariants=False).coalesce()
+    matrix = normalized_adjacency_matrix(graph.to(x.device), normalization)
     out = x.to_dense() if x.is_sparse else x
     for _ in range(hops):
         out = torch.sparse.mm(matrix, out)
