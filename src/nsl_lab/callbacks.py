@@ -38,6 +38,10 @@ class JobClock(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start_epoch = int(trainer.current_epoch)
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.start_epoch is None:  # resumed from a checkpoint at its last epoch: nothing was left to train
+            self.start_epoch = int(trainer.current_epoch)
+
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.startup_seconds is None:
             self.startup_seconds = time.perf_counter() - self.started_at
@@ -147,7 +151,9 @@ class LastCheckpoint(pl.Callback):
         for logger in trainer.loggers:
             logger.save()
         csv_logs = [Path(logger.log_dir) / "metrics.csv" for logger in trainer.loggers if isinstance(logger, CSVLogger)]
-        self._history = logged_history(csv_logs[0], trainer.current_epoch) if csv_logs else None
+        # Rank 0 writes the log and the checkpoint file; the other ranks need not read it.
+        self._history = (logged_history(csv_logs[0], trainer.current_epoch)
+                         if csv_logs and trainer.is_global_zero else None)
         partial = self.dirpath / "last.ckpt.partial"
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)

@@ -75,19 +75,32 @@ def job(cfg: DictConfig) -> float:
 
 class SweepSummary(Callback):
     """Hydra callback (conf/hydra/default.yaml): at the end of a multirun, one line per failed
-    job and exit status 1 when any failed. The sweep itself goes on past a failed job; the jobs'
-    ``failed.json`` are read from the sweep directory, so jobs in worker processes count too."""
+    job and exit status 1 when any failed. The sweep itself goes on past a failed job. The jobs'
+    ``failed.json`` are read from the sweep directory, so jobs in worker processes count too;
+    only files written since this launch began, so a re-used sweep directory's old failures
+    (of jobs this launch did not run) do not."""
+
+    def __init__(self) -> None:
+        self._began_ns = time.time_ns()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._began_ns = time.time_ns()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = sorted(sweep_dir.glob(f"*/{FAILED_FILE}"))
+
+        def this_launch(path: Path) -> bool:
+            return path.stat().st_mtime_ns >= self._began_ns
+
+        failed = sorted(p for p in sweep_dir.glob(f"*/{FAILED_FILE}") if this_launch(p))
         if not failed:
             return
-        jobs = len(list(sweep_dir.glob("*/.hydra")))
+        jobs = sum(this_launch(p) for p in sweep_dir.glob("*/.hydra/overrides.yaml"))
         lines = [f"nsl_lab: error: {len(failed)} of {jobs} jobs failed (python scripts/report.py {sweep_dir} lists them):"]
         for path in failed:
-            message = str((read_json(path) or {}).get("message", "no message"))
-            lines.append(f"  {path.parent}: {message.removeprefix('nsl_lab: error: ')}")
+            message = str((read_json(path) or {}).get("message", "no message")).strip()
+            first_line = message.splitlines()[0] if message else "no message"
+            lines.append(f"  {path.parent}: {first_line.removeprefix('nsl_lab: error: ')}")
         print("\n".join(lines), file=sys.stderr, flush=True)
         sys.exit(1)
 

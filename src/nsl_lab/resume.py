@@ -77,8 +77,9 @@ def finished_metrics(cfg: DictConfig, output_dir: str | Path) -> dict | None:
 
 def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
     """``ckpt_path`` for ``Trainer.fit``: a configured path; ``last`` or null: the ``last.ckpt``
-    an interrupted run of this same configuration left in this run directory (null: if any,
-    and not when this configuration finished here: a rerun of a finished run trains again)."""
+    an interrupted run of this same configuration left in this run directory (null: if any;
+    not the kept checkpoint of a finished run of it: a rerun of a finished run trains again,
+    though one interrupted in turn resumes its own newer checkpoint)."""
     configured = cfg.get("ckpt_path")
     if configured is not None and not isinstance(configured, str):
         raise ConfigError(f"ckpt_path={configured!r} is not allowed; give a checkpoint's path, 'last' or null",
@@ -88,7 +89,9 @@ def resume_path(cfg: DictConfig, output_dir: str | Path) -> str | None:
         read_checkpoint(configured)
         return str(configured)
     if last.is_file():
-        if configured is None and finished_metrics(cfg, output_dir) is not None:
+        metrics = Path(output_dir) / METRICS_FILE
+        if (configured is None and finished_metrics(cfg, output_dir) is not None
+                and last.stat().st_mtime_ns <= metrics.stat().st_mtime_ns):
             log.info("this configuration finished in %s: training again from the start (its kept %s is not "
                      "resumed; ckpt_path=last resumes it)", output_dir, last)
             return None

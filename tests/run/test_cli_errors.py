@@ -252,6 +252,12 @@ def test_rerunning_a_finished_run_with_a_kept_checkpoint_trains_again(tmp_path, 
     again = json.loads((run_dir / "metrics.json").read_text())
     assert "training again from the start" in (run_dir / "train.log").read_text()
     assert again["start_epoch"] == 0 and "fit_seconds" in again and again["test/acc"] == first["test/acc"]
+    # A rerun interrupted in turn leaves a checkpoint newer than the metrics: that one resumes.
+    (checkpoint,) = run_dir.glob("checkpoints/*/last.ckpt")
+    later = (run_dir / "metrics.json").stat().st_mtime_ns + 10**9
+    os.utime(checkpoint, ns=(later, later))
+    assert nsl_train(finished, run_dir, data_root, cache_dir)[0] == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["start_epoch"] == 2
 
 
 def test_a_resumed_run_restores_its_own_logged_rows_after_another_config_ran_in_its_folder(tmp_path, data_root,

@@ -56,7 +56,7 @@ def normalized_adjacency_power(graph: NeighborGraph, hops: int, normalization: N
 
 
 def normalized_adjacency_matrix(graph: NeighborGraph, normalization: Normalization = "symmetric") -> torch.Tensor:
-    """:math:`\hat A` (:func:`normalized_adjacency_power`, one hop) as a coalesced sparse COO
+    r""":math:`\hat A` (:func:`normalized_adjacency_power`, one hop) as a coalesced sparse COO
     ``[N, N]`` matrix on the graph's device, for sparse products with node features."""
     source, target, weight = normalized_adjacency_power(graph, 1, normalization).edges()
     return torch.sparse_coo_tensor(torch.stack([source, target]), weight, (graph.num_nodes,) * 2,

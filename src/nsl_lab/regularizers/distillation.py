@@ -48,7 +48,7 @@ def train_grand_teacher(
     (``augmentations``) such draws minimises
 
     .. math::
-        \frac1S \sum_s \mathrm{CE}(Z^{(s)}_L, Y_L) + \lambda\, \frac1S \sum_s
+        \frac1S \sum_s \mathrm{CE}(Z^{(s)}_L, Y_L) + \lambda_c\, \frac1S \sum_s
         \frac1N \big\lVert \bar Z' - Z^{(s)} \big\rVert_2^2
 
     with :math:`Z^{(s)}` the softmax outputs and :math:`\bar Z'` their mean sharpened at
@@ -61,10 +61,11 @@ def train_grand_teacher(
     therefore drops entries of :math:`X`, where GRAND drops entries of the propagated features.
     Trained for a fixed number of epochs: the teacher reads no validation label.
 
-    Runs under a forked RNG seeded with ``seed``: the caller's random stream is untouched.
+    Runs under a forked RNG seeded with ``seed`` (the CPU's, and the device's when the labels
+    are on a GPU): the caller's random streams are untouched.
 
     Args:
-        features: ``[N, d]`` node features, dense or sparse COO.
+        features: ``[N, d]`` node features, dense or sparse COO (kept as they come).
         graph: the node graph.
         train_labels: ``[N]`` class ids, ``-1`` where unlabeled.
         num_classes: :math:`C`.
@@ -72,7 +73,7 @@ def train_grand_teacher(
         hops: :math:`K`.
         augmentations: :math:`S`.
         drop_node: :math:`\delta`.
-        consistency: :math:`\lambda`.
+        consistency: :math:`\lambda_c`.
         sharpen_temperature: :math:`T`.
         input_dropout, dropout: dropout on the features and on the hidden layer.
         lr, weight_decay: Adam's.
@@ -84,7 +85,7 @@ def train_grand_teacher(
     if labeled.numel() == 0:
         raise ConfigError("the GRAND teacher needs labeled nodes; these training labels are all -1")
     device = train_labels.device
-    x = (features if features.is_sparse else features.to_sparse()).coalesce().float().to(device)
+    x = (features.coalesce() if features.is_sparse else features).float().to(device)
     adjacency = normalized_adjacency_matrix(graph.to(device), "symmetric")
     n = graph.num_nodes
     if x.shape[0] != n:
@@ -98,15 +99,22 @@ def train_grand_teacher(
             total = total + power
         return total / (hops + 1)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    # torch.manual_seed would reseed every GPU's stream too, and fork_rng restores only the listed ones.
+    gpu = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpu):
+        torch.default_generator.manual_seed(seed)
+        if gpu:
+            with torch.cuda.device(gpu[0]):
+                torch.cuda.manual_seed(seed)
         first, second = nn.Linear(x.shape[1], hidden).to(device), nn.Linear(hidden, num_classes).to(device)
         optimizer = torch.optim.Adam([*first.parameters(), *second.parameters()], lr=lr, weight_decay=weight_decay)
 
         def project(training: bool) -> torch.Tensor:
             """``[N, hidden]``: X W, with input dropout in training."""
+            if not x.is_sparse:
+                return F.dropout(x, input_dropout, training) @ first.weight.t()
             inputs = x
-            if training and input_dropout > 0:
+            if training and input_dropout > 0:  # drop stored entries only: the zeros stay zeros either way
                 values = x.values()
                 mask = (torch.rand_like(values) >= input_dropout).to(values.dtype) / (1 - input_dropout)
                 inputs = torch.sparse_coo_tensor(x.indices(), values * mask, x.shape, check_invariants=False)
@@ -162,9 +170,9 @@ class DistillationRegularizer(Regularizer):
         teacher_epochs: the teacher's full-graph steps.
         teacher_hidden, teacher_hops, teacher_augmentations, teacher_drop_node,
         teacher_consistency: GRAND's hidden width, :math:`K`, :math:`S`, :math:`\delta`,
-            :math:`\lambda` (:func:`train_grand_teacher`). GRAND's published Cora settings,
-            except a hidden width of 64 (32) and 1000 epochs, chosen on Cora's validation
-            nodes at full labels.
+            :math:`\lambda_c` (:func:`train_grand_teacher`). GRAND's Cora settings, except a
+            hidden width of 64 (GRAND: 32) and 1000 fixed epochs (GRAND: up to 2000 with early
+            stopping on validation), chosen on Cora's validation nodes at full labels.
         warmup_epochs: ramp :math:`\lambda` up linearly over these first epochs.
 
     Shapes: teacher probabilities ``[N, C]``, kept for the fit.
