@@ -2,8 +2,8 @@
 and loses nothing already written."""
 from __future__ import annotations
 
-import datetime
 import csv
+import datetime
 import json
 import os
 import shutil
@@ -218,12 +218,18 @@ def test_hydra_flags_with_a_value_pass_through(tmp_path, data_root, cache_dir):
     assert code == 0 and "seed: 3" in stdout, stderr[-2000:]
 
 
-def test_a_checkpoint_that_cannot_resume_stops_before_the_run_is_touched(tmp_path, data_root, cache_dir):
-    run_dir = tmp_path / "run"
-    finished = ["trainer.max_epochs=3", "logger=none", "data.label_frac=0.05", "checkpoint.every_n_epochs=1",
+def finish_keeping_the_checkpoint(run_dir: Path, epochs: int, data_root: Path, cache_dir: Path) -> list[str]:
+    """Runs a short Cora job to the end with its checkpoint kept; returns its overrides."""
+    finished = [f"trainer.max_epochs={epochs}", "logger=none", "data.label_frac=0.05", "checkpoint.every_n_epochs=1",
                 "checkpoint.keep=true"]
     code, _, stderr = nsl_train(finished, run_dir, data_root, cache_dir)
     assert code == 0, stderr[-2000:]
+    return finished
+
+
+def test_a_checkpoint_that_cannot_resume_stops_before_the_run_is_touched(tmp_path, data_root, cache_dir):
+    run_dir = tmp_path / "run"
+    finish_keeping_the_checkpoint(run_dir, 3, data_root, cache_dir)
     (checkpoint,) = run_dir.glob("checkpoints/*/last.ckpt")
     kept = {name: (run_dir / name).read_bytes() for name in ("config_resolved.yaml", "metrics.json", "model.pt")}
     for overrides, message in [
@@ -242,10 +248,7 @@ def test_a_checkpoint_that_cannot_resume_stops_before_the_run_is_touched(tmp_pat
 
 def test_rerunning_a_finished_run_with_a_kept_checkpoint_trains_again(tmp_path, data_root, cache_dir):
     run_dir = tmp_path / "run"
-    finished = ["trainer.max_epochs=2", "logger=none", "data.label_frac=0.05", "checkpoint.every_n_epochs=1",
-                "checkpoint.keep=true"]
-    code, _, stderr = nsl_train(finished, run_dir, data_root, cache_dir)
-    assert code == 0, stderr[-2000:]
+    finished = finish_keeping_the_checkpoint(run_dir, 2, data_root, cache_dir)
     first = json.loads((run_dir / "metrics.json").read_text())
     code, _, stderr = nsl_train(finished, run_dir, data_root, cache_dir)
     assert code == 0, stderr[-2000:]
