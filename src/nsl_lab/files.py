@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterable
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
 RESOLVED_CONFIG_FILE = "config_resolved.yaml"
+#: a Hydra job's command-line overrides and group choices, written beside the resolved config
+#: (Hydra's own record in .hydra/ is rewritten by every later attempt in the folder)
+RUN_OVERRIDES_FILE = "overrides.json"
 MODEL_FILE = "model.pt"
 
 

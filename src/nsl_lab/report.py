@@ -13,15 +13,11 @@ listed with the file and the reason, and every other job is still reported.
 
 Labels of a finished job. Hydra rewrites ``.hydra/`` (overrides, choices, composed config)
 whenever a job starts, so a later attempt in the same folder (a failed rerun) leaves its own
-overrides there; ``config_resolved.yaml`` is written by nsl_lab only once a run got as far as
-training, so beside ``metrics.json`` it is the finished run's own config. The rule: when a job
-has both, its label_frac and the value of every ``key=value`` override naming a setting come
-from ``config_resolved.yaml``; a group choice (``regularizer=graph``, not stored in a resolved
-config) is kept only when the last attempt's ``.hydra/config.yaml`` agrees with
-``config_resolved.yaml`` in that group (apart from the settings that attempt overrode), else it
-reads ``<group>=?`` and the regularizer column names the config's regularizer terms instead
-(``? (terms: graph+graph_unlabeled)``). A finished job is reported as finished even
-when a later attempt left ``failed.json``.
+overrides there. nsl_lab writes ``config_resolved.yaml`` and ``overrides.json`` (the job's
+overrides and group choices) only once a run got as far as training, so beside
+``metrics.json`` they are the finished run's own: a finished job's overrides, regularizer and
+label_frac come from them (``.hydra/`` only for a run older than ``overrides.json``). A
+finished job is reported as finished even when a later attempt left ``failed.json``.
 
 ``accuracy_vs_label_frac.png`` is made when a finished job trained on a label fraction
 (``data.label_frac`` set), even a single one (then one point per line);
@@ -45,7 +41,7 @@ import yaml
 
 from nsl_lab.attacks.evaluation import ROBUST_KEY
 from nsl_lab.errors import ConfigError
-from nsl_lab.files import atomic_write, write_text
+from nsl_lab.files import RUN_OVERRIDES_FILE, atomic_write, write_text
 from nsl_lab.loggers import wandb_mode
 
 @dataclass
@@ -124,68 +120,13 @@ def _at(config: Any, key: str) -> Any:
     return config
 
 
-def _agrees(composed: Any, resolved: Any, path: str, skip: set[str]) -> bool:
-    """Whether Hydra's composed (unresolved) config agrees with a resolved one below ``path``,
-    apart from the dotted paths in ``skip``; an interpolation (``${...}``) agrees with anything."""
-    if path in skip:
-        return True
-    if isinstance(composed, str) and "${" in composed:
-        return True
-    if isinstance(composed, dict) and isinstance(resolved, dict):
-        return composed.keys() == resolved.keys() and all(
-            _agrees(composed[k], resolved[k], f"{path}.{k}", skip) for k in composed)
-    if isinstance(composed, list) and isinstance(resolved, list):
-        return len(composed) == len(resolved) and all(
-            _agrees(c, r, path, skip) for c, r in zip(composed, resolved))
-    return composed == resolved
-
-
-def _value(value: Any) -> str:
-    """A config value as a Hydra override writes it."""
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ",".join(_value(v) for v in value) + "]"
-    return str(value)
-
-
-OVERRIDE = re.compile(r"^(?P<prefix>~|\+\+|\+)?(?P<key>[^=~+][^=]*?)(?:=(?P<value>.*))?$")
-
-
-def own_labels(overrides: list[str], regularizer: str, resolved: dict, composed: dict | None) -> tuple[list[str], str]:
-    """A finished job's overrides and regularizer as its own ``config_resolved.yaml`` has them
-    (the module docstring's rule): ``overrides`` and ``regularizer`` are Hydra's record, which
-    the last attempt in the folder wrote; ``composed`` that attempt's ``.hydra/config.yaml``."""
-    parsed = [(o, OVERRIDE.match(o)) for o in overrides]
-    overridden = {m["key"] for _, m in parsed if m}
-
-    def same_group(group: str) -> bool:
-        if composed is None:  # nothing to check against: Hydra's record stands
-            return True
-        return _agrees(_at(composed, group), _at(resolved, group), group, overridden - {group})
-
-    labels = []
-    for text, match in parsed:
-        if match is None:
-            labels.append(text)
-            continue
-        key, prefix = match["key"], match["prefix"] or ""
-        own = _at(resolved, key)
-        if prefix == "~":  # a deletion: this run's only if the setting is gone from its config
-            if own is _ABSENT:
-                labels.append(text)
-        elif own is not _ABSENT and not isinstance(own, dict):  # a setting: its value in the config
-            try:
-                written = yaml.safe_load(match["value"] or "")
-            except yaml.YAMLError:
-                written = _ABSENT
-            labels.append(text if written == own else f"{prefix}{key}={_value(own)}")
-        else:  # a group choice (or a key the config lacks)
-            labels.append(text if same_group(key) else f"{prefix}{key}=?")
-    if not same_group("regularizer"):
-        terms = _at(resolved, "regularizer")
-        regularizer = "? (terms: " + ("+".join(terms) if isinstance(terms, dict) and terms else "none") + ")"
-    return labels, regularizer
+def _own_labels(record: dict) -> tuple[list[str], str]:
+    """``(overrides, regularizer)`` from a run's ``overrides.json``."""
+    overrides, choices = record.get("overrides"), record.get("choices")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides) \
+            or not isinstance(choices, dict):
+        raise Unreadable(RUN_OVERRIDES_FILE, "not {overrides: [key=value strings], choices: {group: option}}")
+    return [o for o in overrides if not o.startswith("hydra")], str(choices.get("regularizer") or "?")
 
 
 def _read_job(path: Path) -> Job:
@@ -216,8 +157,9 @@ def _read_job(path: Path) -> Job:
         seed = metrics.get("seed", 0)
         if not math.isfinite(seed) or seed != int(seed):
             raise Unreadable("metrics.json", f"seed={seed!r} is not an integer")
-        if resolved:  # the finished run's own config names it, not a later attempt's Hydra record
-            overrides, regularizer = own_labels(overrides, regularizer, resolved, composed)
+        record = _mapping(path, RUN_OVERRIDES_FILE)
+        if record:  # the finished run's own record names it, not a later attempt's Hydra record
+            overrides, regularizer = _own_labels(record)
         return Job(path, "finished", overrides, regularizer, None if label_frac is None else float(label_frac),
                    metrics)
     job = Job(path, "unfinished", overrides, regularizer, None if label_frac is None else float(label_frac))

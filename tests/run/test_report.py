@@ -261,47 +261,37 @@ def test_report_script_errors_in_a_fresh_process(tmp_path):
 
 def test_a_failed_rerun_does_not_relabel_the_finished_run(tmp_path):
     """Job 0 finished (adversarial_pgd, step 0.05), then a rerun in its folder with other
-    settings failed before training: Hydra rewrote .hydra/, nsl_lab left config_resolved.yaml
-    and metrics.json. The finished run keeps its own labels and counts as finished."""
+    settings failed before training: Hydra rewrote .hydra/, and nsl_lab left the finished run's
+    config_resolved.yaml, overrides.json and metrics.json. The finished run keeps its own labels
+    and counts as finished."""
     sweep = tmp_path / "sweep"
-    pgd = {"multiplier": 1.0, "adv_step_size": 0.05, "pgd_iterations": 10}
     for num, step in enumerate((0.05, 0.2)):
         overrides = ["regularizer=adversarial_pgd", f"regularizer.adversarial.adv_step_size={step}", "seed=0"]
         fake_job(sweep, num, overrides, "adversarial_pgd", 0.1, {"test/acc": 0.6 + step, "seed": 0})
-        config = {"data": {"label_frac": 0.1, "data_dir": "/data"}, "seed": 0,
-                  "regularizer": {"adversarial": {**pgd, "adv_step_size": step}}}
-        (sweep / str(num) / "config_resolved.yaml").write_text(yaml.safe_dump(config))
-        composed = {**config, "data": {"label_frac": 0.1, "data_dir": "${paths.data_dir}"}}
-        (sweep / str(num) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(composed))
+        (sweep / str(num) / "overrides.json").write_text(json.dumps(
+            {"overrides": [*overrides, "hydra.job.num=0"], "choices": {"regularizer": "adversarial_pgd", "data": "cora"}}))
     rerun = ["regularizer=adversarial", "regularizer.adversarial.adv_step_size=-1", "data.label_frac=0.5", "seed=0"]
     (sweep / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(rerun))
     (sweep / "0" / ".hydra" / "hydra.yaml").write_text(
         yaml.safe_dump({"hydra": {"runtime": {"choices": {"regularizer": "adversarial"}}}}))
-    (sweep / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
-        {"data": {"label_frac": 0.5}, "seed": 0,
-         "regularizer": {"adversarial": {"multiplier": 0.2, "adv_step_size": -1, "pgd_iterations": 1}}}))
+    (sweep / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {"label_frac": 0.5}, "seed": 0}))
     (sweep / "0" / "failed.json").write_text(json.dumps({"error": "ConfigError", "message": "adv_step_size=-1"}))
     job = read_job(sweep / "0")
-    assert job.status == "finished" and job.label_frac == 0.1
-    assert job.overrides == ["regularizer=?", "regularizer.adversarial.adv_step_size=0.05", "data.label_frac=0.1",
-                             "seed=0"]
-    assert job.regularizer == "? (terms: adversarial)"  # the choice is not this run's: the config's terms
+    assert job.status == "finished" and job.label_frac == 0.1 and job.regularizer == "adversarial_pgd"
+    assert job.overrides == ["regularizer=adversarial_pgd", "regularizer.adversarial.adv_step_size=0.05", "seed=0"]
     result = report(sweep)
     assert [(r.regularizer, r.label_frac, r.setting) for r in result["rows"]] == [
-        ("? (terms: adversarial)", 0.1, "regularizer.adversarial.adv_step_size=0.05"),
+        ("adversarial_pgd", 0.1, "regularizer.adversarial.adv_step_size=0.05"),
         ("adversarial_pgd", 0.1, "regularizer.adversarial.adv_step_size=0.2")]
     assert "2 of 2 jobs finished" in (result["out_dir"] / "report.md").read_text()
-    # A rerun with the same choice (the bad value only) keeps the choice's name.
-    rerun = ["regularizer=adversarial_pgd", "regularizer.adversarial.adv_step_size=-1", "seed=0"]
-    (sweep / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(rerun))
-    (sweep / "0" / ".hydra" / "hydra.yaml").write_text(
-        yaml.safe_dump({"hydra": {"runtime": {"choices": {"regularizer": "adversarial_pgd"}}}}))
-    (sweep / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
-        {"data": {"label_frac": 0.1}, "seed": 0, "regularizer": {"adversarial": {**pgd, "adv_step_size": -1}}}))
-    job = read_job(sweep / "0")
-    assert (job.regularizer, job.overrides) == ("adversarial_pgd", [
-        "regularizer=adversarial_pgd", "regularizer.adversarial.adv_step_size=0.05", "seed=0"])
-    assert len(report(sweep)["rows"]) == 2
+    # A record that is not one is named, and the other job is still reported.
+    (sweep / "1" / "overrides.json").write_text(json.dumps({"overrides": "seed=0", "choices": {}}))
+    job = read_job(sweep / "1")
+    assert job.status == "unreadable" and "overrides.json" in job.error
+    # A run older than overrides.json is labelled by Hydra's record.
+    (sweep / "1" / "overrides.json").unlink()
+    assert read_job(sweep / "1").overrides == [
+        "regularizer=adversarial_pgd", "regularizer.adversarial.adv_step_size=0.2", "seed=0"]
 
 
 def test_a_single_label_frac_gives_one_point_per_line(tmp_path):

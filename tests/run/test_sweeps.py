@@ -86,6 +86,10 @@ def test_failing_job_wandb_offline_and_relaunch_skips_finished(tmp_path, data_ro
     assert sorted(metrics_of(sweep_dir)) == ["0"]
     failure = json.loads((sweep_dir / "1" / "failed.json").read_text())
     assert "data.label_frac=1.5 is out of range" in failure["message"]
+    # nsl_lab's own record of a run that got as far as training (report.py labels by it)
+    record = json.loads((sweep_dir / "0" / "overrides.json").read_text())
+    assert "data.label_frac=0.05" in record["overrides"] and record["choices"]["logger"] == "wandb"
+    assert not (sweep_dir / "1" / "overrides.json").exists()
     result = report(sweep_dir)
     md = (result["out_dir"] / "report.md").read_text()
     assert "1 of 2 jobs finished" in md and "| 1 | failed | data.label_frac=1.5" in md
