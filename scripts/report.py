@@ -9,7 +9,7 @@ data.label_frac set: one point per line when it does not vary) and robust_accura
 (when jobs logged test/robust_acc/<attack>/eps=<e>) into <dir>/report.
 Failed, unfinished and unreadable jobs (a corrupt metrics.json, failed.json or .hydra/ file: one
 warning line each on stderr) are listed in report.md; the others are still reported. A finished
-job is labelled from its own config_resolved.yaml (see nsl_lab.report). A
+job is labelled from its own overrides.json and config_resolved.yaml (see nsl_lab.report). A
 pretraining sweep (learner=representation) reports its probes as "<regularizer> -> <kind> probe"
 lines across label fractions; --compare adds another sweep's jobs (the supervised curves).
 Bad input (no jobs, no readable job, an unusable --out) is one "nsl_lab: error:" line, exit

@@ -8,8 +8,8 @@ draw (its ``probe/<kind>/<setting>/seed=<s>/...`` metrics), so its probe curves 
 supervised curves of another sweep given with ``--compare``.
 
 A job whose files cannot be read (``metrics.json`` that is not a JSON object of numbers, a
-corrupt ``failed.json``, ``.hydra/*.yaml`` or ``config_resolved.yaml``) is *unreadable*: it is
-listed with the file and the reason, and every other job is still reported.
+corrupt ``failed.json``, ``.hydra/*.yaml``, ``config_resolved.yaml`` or ``overrides.json``) is
+*unreadable*: it is listed with the file and the reason, and every other job is still reported.
 
 Labels of a finished job. Hydra rewrites ``.hydra/`` (overrides, choices, composed config)
 whenever a job starts, so a later attempt in the same folder (a failed rerun) leaves its own
