@@ -25,7 +25,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from nsl_lab import multirun  # noqa: E402
 from nsl_lab.compose import CONF_DIR, check_overrides  # noqa: E402
-from nsl_lab.errors import ConfigError, NslLabError, find_error  # noqa: E402
+from nsl_lab.errors import NslLabError, find_error, one_line_errors  # noqa: E402
 from nsl_lab.files import FAILED_FILE, METRICS_FILE, clear_failure, read_json, write_failure  # noqa: E402
 from nsl_lab.resume import drop_checkpoints, finished_metrics  # noqa: E402
 from nsl_lab.run import summary_line, train  # noqa: E402
@@ -107,12 +107,14 @@ class SweepSummary(Callback):
 
 def main() -> None:
     """The console command: checks group options, then hands over to Hydra."""
-    try:
+    with one_line_errors():
         check_overrides(sys.argv[1:], CONF_DIR)
-    except ConfigError as error:
-        print(f"nsl_lab: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(job)()
+    try:
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(job)()
+    finally:
+        # Hydra leaves its runtime config set after the command: nsl_lab code called later in
+        # this process (the Python API) would read this command's group choices and overrides.
+        HydraConfig.instance().cfg = None
 
 
 if __name__ == "__main__":

@@ -94,8 +94,9 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-#: yes/no settings outside the instantiated objects (a string such as 'off' would count as true)
-RUN_FLAGS = ("checkpoint.save_model", "checkpoint.keep", "eval.sanity_checks")
+#: yes/no settings, checked before any data loads (a string such as 'off' would count as true;
+#: the learner and the robust evaluation check theirs again when built, after the data)
+RUN_FLAGS = ("checkpoint.save_model", "checkpoint.keep", "eval.sanity_checks", "learner.restore_best")
 
 
 def check_run_settings(cfg: DictConfig) -> None:
@@ -151,8 +152,6 @@ def check_learner(cfg: DictConfig, learner_type: type[StructuredLearner], regula
         if name != "_target_" and name not in allowed and not takes_any:
             raise ConfigError(f"learner.{name} is not a setting of {learner_type.__name__}; allowed: "
                               f"{', '.join(allowed) or 'none'}", f"learner.{name}")
-    if (cfg.get("learner") or {}).get("restore_best") is not None:  # a string such as 'off' would count as true
-        check_flag("learner.restore_best", cfg.learner.restore_best)
     learner_type.check_regularizers(regularizers)
     if learner_type.validates:
         return
